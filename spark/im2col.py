@@ -1,0 +1,380 @@
+"""im2col / col2im for NHWC tensors -- the one place that picks the back end.
+
+Public API
+----------
+``im2col(x, kh, kw, stride=1, pad=0)``
+    x (N, H, W, C) -> cols (N*OH*OW, KH*KW*C).  Row ``(n*OH + oh)*OW + ow``,
+    column ``(kh*KW + kw)*C + c`` holds ``x[n, oh*stride-pad+kh,
+    ow*stride-pad+kw, c]`` (0 inside the zero padding).
+``col2im(cols, x_shape, kh, kw, stride=1, pad=0)``
+    The adjoint: sums every cols entry back onto its source pixel.
+``numpy_im2col`` / ``numpy_col2im``
+    Pure-NumPy reference implementations (always available).
+``backend()``
+    ``"native"`` (the compiled ``spark.matrix`` extension) or ``"numpy"``.
+``backend_error()``
+    Why the native back end is not used (``None`` when it is).
+``backend_info()``
+    Dict with backend, error and the path of the loaded shared object.
+``output_size(size, k, stride, pad)``
+    ``(size + 2*pad - k) // stride + 1``.
+
+Both back ends accept float32 and float64 and return the input dtype.  They
+are bit-identical: im2col is a pure copy, and col2im adds the contributions
+of every output element in the same order (decreasing (kh, kw)).
+
+Back-end selection
+------------------
+``SPARK_CNN_IM2COL=numpy`` forces the NumPy fallback, ``=native`` makes a
+failure to load the extension an ImportError, anything else (default
+``auto``) tries native and silently falls back, recording the reason.
+
+When the package is imported from a zipped egg (``spark-submit --py-files
+spark_cnn-....egg``) the extension cannot be imported from inside the zip
+(the setuptools egg stub fails on Python 3.11 in Spark's workers).  In that
+case this module reads ``spark/matrix*.so`` out of the archive, writes it once
+to ``$SPARK_CNN_CACHE_DIR`` or ``${XDG_CACHE_HOME:-~/.cache}/spark-cnn/native
+/<sha256>/`` (falling back to ``$TMPDIR/spark-cnn-<uid>/native/<sha256>/``)
+atomically (temp file + rename, so concurrent workers do not race), and loads
+it from there as ``spark.matrix``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.machinery
+import importlib.util
+import logging
+import operator
+import os
+import sys
+import tempfile
+import zipfile
+
+import numpy as np
+
+__all__ = [
+    "im2col",
+    "col2im",
+    "numpy_im2col",
+    "numpy_col2im",
+    "backend",
+    "backend_error",
+    "backend_info",
+    "output_size",
+]
+
+_log = logging.getLogger(__name__)
+
+_PKG = __name__.rpartition(".")[0] or "spark"
+_EXT_NAME = _PKG + ".matrix"
+_ENV_BACKEND = "SPARK_CNN_IM2COL"
+_ENV_CACHE = "SPARK_CNN_CACHE_DIR"
+
+
+# --------------------------------------------------------------- validation
+
+def _int(value, name, minimum):
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+    if v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    return v
+
+
+def output_size(size, k, stride=1, pad=0):
+    """Number of window positions along one axis: (size + 2*pad - k)//stride + 1.
+
+    Raises ValueError if k < 1, stride < 1, pad < 0 or the window is larger
+    than the padded input.
+    """
+    size = _int(size, "size", 0)
+    k = _int(k, "kernel size", 1)
+    stride = _int(stride, "stride", 1)
+    pad = _int(pad, "pad", 0)
+    if k > size + 2 * pad:
+        raise ValueError(f"kernel size {k} is larger than the padded input "
+                         f"{size + 2 * pad} (size={size}, pad={pad})")
+    return (size + 2 * pad - k) // stride + 1
+
+
+def _geometry(func, shape, kh, kw, stride, pad):
+    kh = _int(kh, "kh", 1)
+    kw = _int(kw, "kw", 1)
+    stride = _int(stride, "stride", 1)
+    pad = _int(pad, "pad", 0)
+    if len(shape) != 4:
+        raise ValueError(f"{func}: expected a 4-D NHWC shape (N, H, W, C), "
+                         f"got {tuple(shape)}")
+    n, h, w, c = [_int(s, "x_shape entry", 0) for s in shape]
+    if kh > h + 2 * pad or kw > w + 2 * pad:
+        raise ValueError(
+            f"{func}: kernel {kh}x{kw} is larger than the padded input "
+            f"{h + 2 * pad}x{w + 2 * pad} (H={h}, W={w}, pad={pad})")
+    oh = (h + 2 * pad - kh) // stride + 1
+    ow = (w + 2 * pad - kw) // stride + 1
+    return n, h, w, c, kh, kw, stride, pad, oh, ow
+
+
+def _float_array(a, func, what):
+    a = np.asarray(a)
+    if a.dtype != np.float32 and a.dtype != np.float64:
+        raise ValueError(f"{func}: {what} dtype must be float32 or float64, "
+                         f"got {a.dtype}")
+    return np.ascontiguousarray(a)
+
+
+# -------------------------------------------------------- NumPy reference
+
+def numpy_im2col(x, kh, kw, stride=1, pad=0):
+    """Pure-NumPy im2col; bit-identical to the native one."""
+    x = _float_array(x, "im2col", "x")
+    if x.ndim != 4:
+        raise ValueError(f"im2col: x must be 4-D NHWC (N, H, W, C), "
+                         f"got shape {x.shape}")
+    n, h, w, c, kh, kw, s, p, oh, ow = _geometry(
+        "im2col", x.shape, kh, kw, stride, pad)
+    if p:
+        xp = np.zeros((n, h + 2 * p, w + 2 * p, c), dtype=x.dtype)
+        xp[:, p:p + h, p:p + w, :] = x
+    else:
+        xp = x
+    out = np.empty((n, oh, ow, kh, kw, c), dtype=x.dtype)
+    for i in range(kh):
+        rows = slice(i, i + s * (oh - 1) + 1, s)
+        for j in range(kw):
+            out[:, :, :, i, j, :] = xp[:, rows, j:j + s * (ow - 1) + 1:s, :]
+    return out.reshape(n * oh * ow, kh * kw * c)
+
+
+def numpy_col2im(cols, x_shape, kh, kw, stride=1, pad=0):
+    """Pure-NumPy col2im (adjoint of im2col); bit-identical to the native one.
+
+    The kernel offsets are visited in DECREASING (kh, kw) order, which is the
+    order in which the C code (walking cols rows in increasing order) adds the
+    contributions to each output element.
+    """
+    cols = _float_array(cols, "col2im", "cols")
+    try:
+        shape = tuple(x_shape)
+    except TypeError:
+        raise ValueError(f"col2im: x_shape must be a sequence (N, H, W, C), "
+                         f"got {x_shape!r}") from None
+    n, h, w, c, kh, kw, s, p, oh, ow = _geometry(
+        "col2im", shape, kh, kw, stride, pad)
+    expected = (n * oh * ow, kh * kw * c)
+    if cols.ndim != 2 or cols.shape != expected:
+        raise ValueError(f"col2im: cols must have shape {expected} for "
+                         f"x_shape={(n, h, w, c)}, kernel {kh}x{kw}, "
+                         f"stride={s}, pad={p}; got {cols.shape}")
+    cv = cols.reshape(n, oh, ow, kh, kw, c)
+    dxp = np.zeros((n, h + 2 * p, w + 2 * p, c), dtype=cols.dtype)
+    for i in range(kh - 1, -1, -1):
+        rows = slice(i, i + s * (oh - 1) + 1, s)
+        for j in range(kw - 1, -1, -1):
+            dxp[:, rows, j:j + s * (ow - 1) + 1:s, :] += cv[:, :, :, i, j, :]
+    if p:
+        return np.ascontiguousarray(dxp[:, p:p + h, p:p + w, :])
+    return dxp
+
+
+# ------------------------------------------------------- native loading
+
+def _zip_location():
+    """(archive path, package prefix inside it) if this package is zipped."""
+    loader = globals().get("__loader__")
+    spec = globals().get("__spec__")
+    if spec is not None and spec.loader is not None:
+        loader = spec.loader
+    archive = getattr(loader, "archive", None)
+    if archive and os.path.isfile(archive) and zipfile.is_zipfile(archive):
+        here = os.path.dirname(os.path.abspath(__file__))
+        root = os.path.abspath(archive)
+        if here.startswith(root + os.sep):
+            inner = os.path.relpath(here, root).replace(os.sep, "/")
+            return archive, inner + "/"
+        prefix = getattr(loader, "prefix", None)
+        if prefix is not None:
+            return archive, prefix
+    # Generic fallback: walk up __file__ until an existing zip file is found.
+    path = os.path.dirname(os.path.abspath(__file__))
+    inner = []
+    while path and not os.path.exists(path):
+        path, tail = os.path.split(path)
+        if not tail:
+            break
+        inner.append(tail)
+    if inner and os.path.isfile(path) and zipfile.is_zipfile(path):
+        return path, "/".join(reversed(inner)) + "/"
+    return None
+
+
+def _suffix_rank(name):
+    for rank, suffix in enumerate(importlib.machinery.EXTENSION_SUFFIXES):
+        if name.endswith(suffix):
+            return rank
+    return None
+
+
+def _cache_roots():
+    roots = []
+    env = os.environ.get(_ENV_CACHE)
+    if env:
+        roots.append(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if not xdg or not os.path.isabs(xdg):
+        xdg = os.path.join(os.path.expanduser("~"), ".cache")
+    roots.append(os.path.join(xdg, "spark-cnn", "native"))
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    roots.append(os.path.join(tempfile.gettempdir(), f"spark-cnn-{uid}",
+                              "native"))
+    return roots
+
+
+def _file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _extract(data, basename):
+    """Write `data` to <cache root>/<sha256>/<basename> atomically; return path."""
+    digest = hashlib.sha256(data).hexdigest()
+    errors = []
+    for root in _cache_roots():
+        directory = os.path.join(root, digest)
+        target = os.path.join(directory, basename)
+        tmp = None
+        try:
+            if os.path.isfile(target) and _file_sha256(target) == digest:
+                return target
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".so",
+                                       dir=directory)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o755)
+            os.replace(tmp, target)  # atomic: racing workers write equal bytes
+            tmp = None
+            return target
+        except OSError as exc:
+            errors.append(f"{directory}: {exc}")
+        finally:
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+    raise OSError("cannot write the native extension to any cache directory: "
+                  + "; ".join(errors))
+
+
+def _load_from_file(path):
+    loader = importlib.machinery.ExtensionFileLoader(_EXT_NAME, path)
+    spec = importlib.util.spec_from_file_location(_EXT_NAME, path,
+                                                  loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    sys.modules[_EXT_NAME] = module
+    parent = sys.modules.get(_PKG)
+    if parent is not None:
+        setattr(parent, "matrix", module)
+    return module
+
+
+def _load_from_zip(archive, prefix):
+    with zipfile.ZipFile(archive) as zf:
+        candidates = []
+        for info in zf.infolist():
+            name = info.filename
+            if not name.startswith(prefix):
+                continue
+            base = name[len(prefix):]
+            if "/" in base or not base.startswith("matrix"):
+                continue
+            rank = _suffix_rank(base)
+            if rank is not None and base[len("matrix"):].startswith("."):
+                candidates.append((rank, name, base))
+        if not candidates:
+            raise ImportError(f"no compiled {prefix}matrix*.so inside {archive}"
+                              f" (suffixes {importlib.machinery.EXTENSION_SUFFIXES})")
+        _, member, base = min(candidates)
+        data = zf.read(member)
+    return _load_from_file(_extract(data, base)), member
+
+
+def _self_test(module):
+    x = np.arange(2 * 3 * 4 * 2, dtype=np.float64).reshape(2, 3, 4, 2)
+    cols = module.im2col(x, 2, 3, 1, 1)
+    if not np.array_equal(cols, numpy_im2col(x, 2, 3, 1, 1)):
+        raise ImportError("native im2col disagrees with the NumPy reference")
+    dx = module.col2im(cols, x.shape, 2, 3, 1, 1)
+    if not np.array_equal(dx, numpy_col2im(cols, x.shape, 2, 3, 1, 1)):
+        raise ImportError("native col2im disagrees with the NumPy reference")
+
+
+def _load_native():
+    """Return (module, shared-object path); raise on any failure."""
+    existing = sys.modules.get(_EXT_NAME)
+    if existing is not None and hasattr(existing, "im2col"):
+        module = existing
+    else:
+        where = _zip_location()
+        if where is not None:
+            module, _ = _load_from_zip(*where)
+        else:
+            module = importlib.import_module(_EXT_NAME)
+    _self_test(module)
+    return module, getattr(module, "__file__", None)
+
+
+def _choose():
+    mode = os.environ.get(_ENV_BACKEND, "auto").strip().lower() or "auto"
+    if mode == "numpy":
+        return None, None, f"forced by {_ENV_BACKEND}=numpy"
+    try:
+        module, path = _load_native()
+    except Exception as exc:  # noqa: BLE001 - any failure means fallback
+        reason = f"{type(exc).__name__}: {exc}"
+        if mode == "native":
+            raise ImportError(f"{_ENV_BACKEND}=native but the native "
+                              f"im2col extension is unavailable: {reason}") \
+                from exc
+        _log.warning("spark-cnn: native im2col unavailable, using NumPy "
+                     "fallback (%s)", reason)
+        return None, None, reason
+    return module, path, None
+
+
+_native, _native_path, _error = _choose()
+
+if _native is not None:
+    im2col = _native.im2col
+    col2im = _native.col2im
+else:
+    im2col = numpy_im2col
+    col2im = numpy_col2im
+
+
+def backend():
+    """"native" if the compiled extension is in use, else "numpy"."""
+    return "native" if _native is not None else "numpy"
+
+
+def backend_error():
+    """Why the native back end is not in use, or None if it is."""
+    return _error
+
+
+def backend_info():
+    """Dict with keys backend, error, path (loaded shared object or None)."""
+    return {"backend": backend(), "error": _error, "path": _native_path}

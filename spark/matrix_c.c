@@ -1,0 +1,178 @@
+/*
+ * matrix_c.c - im2col / col2im for NHWC tensors.  See matrix_c.h for the
+ * exact layout contract.
+ *
+ * In NHWC the C channel values of one pixel are contiguous, and so are the
+ * pixels of one input row.  For a fixed output pixel (oh, ow) and kernel row
+ * kh, the in-bounds kernel columns kw_lo..kw_hi-1 therefore map to ONE
+ * contiguous run of (kw_hi - kw_lo) * C values both in x and in the cols row.
+ * im2col copies each run with a single memcpy (the copy is dtype-agnostic, so
+ * one byte-level routine serves float and double); col2im adds each run with
+ * a tight loop the compiler vectorises.
+ */
+#include "matrix_c.h"
+
+#include <string.h>
+
+#if defined(__GNUC__) || defined(__clang__)
+#define SPARK_RESTRICT __restrict__
+#elif defined(_MSC_VER)
+#define SPARK_RESTRICT __restrict
+#else
+#define SPARK_RESTRICT
+#endif
+
+ptrdiff_t spark_out_size(ptrdiff_t size, ptrdiff_t k, ptrdiff_t stride,
+                         ptrdiff_t pad)
+{
+    if (size < 0 || k < 1 || stride < 1 || pad < 0 || k > size + 2 * pad)
+        return -1;
+    return (size + 2 * pad - k) / stride + 1;
+}
+
+/* Validate the geometry and compute OH, OW.  Returns 0 or -1. */
+static int check_geometry(ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c,
+                          ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t stride,
+                          ptrdiff_t pad, ptrdiff_t *oh, ptrdiff_t *ow)
+{
+    if (n < 0 || c < 0)
+        return -1;
+    *oh = spark_out_size(h, kh, stride, pad);
+    *ow = spark_out_size(w, kw, stride, pad);
+    return (*oh < 0 || *ow < 0) ? -1 : 0;
+}
+
+/* In-bounds kernel-column range [*lo, *hi) for a window starting at iw0
+ * (may be empty, e.g. a window lying entirely in a wide left padding). */
+static inline void kw_range(ptrdiff_t iw0, ptrdiff_t kw, ptrdiff_t w,
+                            ptrdiff_t *lo, ptrdiff_t *hi)
+{
+    ptrdiff_t a = iw0 < 0 ? -iw0 : 0;
+    ptrdiff_t b = w - iw0 < kw ? w - iw0 : kw;
+    if (b < a)
+        b = a;
+    *lo = a;
+    *hi = b;
+}
+
+/* ------------------------------------------------------------------ im2col */
+
+static int im2col_bytes(const char *SPARK_RESTRICT x, ptrdiff_t n,
+                        ptrdiff_t h, ptrdiff_t w, ptrdiff_t c, ptrdiff_t kh,
+                        ptrdiff_t kw, ptrdiff_t stride, ptrdiff_t pad,
+                        size_t esize, char *SPARK_RESTRICT cols)
+{
+    ptrdiff_t oh, ow;
+    if (check_geometry(n, h, w, c, kh, kw, stride, pad, &oh, &ow) != 0)
+        return -1;
+
+    const size_t pix = (size_t)c * esize;          /* bytes of one pixel   */
+    const size_t krow = (size_t)kw * pix;          /* bytes of a kernel row */
+    const size_t xrow = (size_t)w * pix;           /* bytes of an input row */
+    const size_t ximg = (size_t)h * xrow;          /* bytes of one image    */
+    const size_t crow = (size_t)kh * krow;         /* bytes of a cols row   */
+    char *dst_row = cols;
+
+    for (ptrdiff_t in = 0; in < n; ++in) {
+        const char *xn = x + (size_t)in * ximg;
+        for (ptrdiff_t y = 0; y < oh; ++y) {
+            const ptrdiff_t ih0 = y * stride - pad;
+            for (ptrdiff_t xo = 0; xo < ow; ++xo, dst_row += crow) {
+                const ptrdiff_t iw0 = xo * stride - pad;
+                ptrdiff_t lo, hi;
+                kw_range(iw0, kw, w, &lo, &hi);
+                const size_t head = (size_t)lo * pix;
+                const size_t body = (size_t)(hi - lo) * pix;
+                const size_t tail = krow - head - body;
+                for (ptrdiff_t i = 0; i < kh; ++i) {
+                    char *dst = dst_row + (size_t)i * krow;
+                    const ptrdiff_t ih = ih0 + i;
+                    if (ih < 0 || ih >= h || body == 0) {
+                        memset(dst, 0, krow);
+                        continue;
+                    }
+                    if (head)
+                        memset(dst, 0, head);
+                    memcpy(dst + head,
+                           xn + (size_t)ih * xrow + (size_t)(iw0 + lo) * pix,
+                           body);
+                    if (tail)
+                        memset(dst + head + body, 0, tail);
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+int spark_im2col_f32(const float *x, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w,
+                     ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw,
+                     ptrdiff_t stride, ptrdiff_t pad, float *cols)
+{
+    return im2col_bytes((const char *)x, n, h, w, c, kh, kw, stride, pad,
+                        sizeof(float), (char *)cols);
+}
+
+int spark_im2col_f64(const double *x, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w,
+                     ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw,
+                     ptrdiff_t stride, ptrdiff_t pad, double *cols)
+{
+    return im2col_bytes((const char *)x, n, h, w, c, kh, kw, stride, pad,
+                        sizeof(double), (char *)cols);
+}
+
+/* ------------------------------------------------------------------ col2im */
+
+/*
+ * Rows are visited in increasing order; within one row distinct (kh, kw)
+ * hit distinct pixels, so every dx element receives its contributions in
+ * increasing row order (= decreasing (kh, kw) order).  Keep this order: the
+ * NumPy fallback mirrors it to stay bit-identical.
+ */
+#define SPARK_DEFINE_COL2IM(SUFFIX, T)                                        \
+int spark_col2im_##SUFFIX(const T *cols, ptrdiff_t n, ptrdiff_t h,            \
+                          ptrdiff_t w, ptrdiff_t c, ptrdiff_t kh,             \
+                          ptrdiff_t kw, ptrdiff_t stride, ptrdiff_t pad,      \
+                          T *dx)                                              \
+{                                                                             \
+    ptrdiff_t oh, ow;                                                         \
+    if (check_geometry(n, h, w, c, kh, kw, stride, pad, &oh, &ow) != 0)       \
+        return -1;                                                            \
+    const size_t ximg = (size_t)h * (size_t)w * (size_t)c;                    \
+    const size_t crow = (size_t)kh * (size_t)kw * (size_t)c;                  \
+    memset(dx, 0, (size_t)n * ximg * sizeof(T));                              \
+    const T *src_row = cols;                                                  \
+    for (ptrdiff_t in = 0; in < n; ++in) {                                    \
+        T *dn = dx + (size_t)in * ximg;                                       \
+        for (ptrdiff_t y = 0; y < oh; ++y) {                                  \
+            const ptrdiff_t ih0 = y * stride - pad;                           \
+            for (ptrdiff_t xo = 0; xo < ow; ++xo, src_row += crow) {          \
+                const ptrdiff_t iw0 = xo * stride - pad;                      \
+                ptrdiff_t lo, hi;                                             \
+                kw_range(iw0, kw, w, &lo, &hi);                               \
+                const size_t len = (size_t)(hi - lo) * (size_t)c;             \
+                if (len == 0)                                                 \
+                    continue;                                                 \
+                for (ptrdiff_t i = 0; i < kh; ++i) {                          \
+                    const ptrdiff_t ih = ih0 + i;                             \
+                    if (ih < 0 || ih >= h)                                    \
+                        continue;                                             \
+                    T *SPARK_RESTRICT d =                                     \
+                        dn + ((size_t)ih * (size_t)w + (size_t)(iw0 + lo))    \
+                                 * (size_t)c;                                 \
+                    const T *SPARK_RESTRICT s =                               \
+                        src_row + ((size_t)i * (size_t)kw + (size_t)lo)       \
+                                      * (size_t)c;                            \
+                    for (size_t j = 0; j < len; ++j)                          \
+                        d[j] += s[j];                                         \
+                }                                                             \
+            }                                                                 \
+        }                                                                     \
+    }                                                                         \
+    return 0;                                                                 \
+}
+
+SPARK_DEFINE_COL2IM(f32, float)
+SPARK_DEFINE_COL2IM(f64, double)
+
+#undef SPARK_DEFINE_COL2IM

@@ -1,0 +1,238 @@
+"""The network: a stack of layers, softmax loss, momentum SGD.
+
+`CNN` is the local ("naive") trainer and the base of the Spark trainers, which
+override only `loss_and_gradients` (where the forward and backward passes run)
+and `predict_scores`.
+
+Images arrive as uint8 NHWC (N, H, W, C); `normalize_images` turns each chunk
+into the network's float input just before use, so the whole training set is
+held once, as bytes.
+"""
+import time
+
+import numpy as np
+
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .conv import Conv
+from .fc import FullyConnected
+from .loss import l2_penalty, softmax_loss
+from .pool import MaxPool
+from .preprocess import normalize_images
+from .relu import ReLU
+
+# conv 64 filters 3x3 stride 1 pad 1 -> ReLU -> 2x2 max-pool stride 2 -> fc to 10.
+DEFAULT_ARCH = (
+    {"type": "conv", "filters": 64, "size": 3, "stride": 1, "pad": 1},
+    {"type": "relu"},
+    {"type": "pool", "size": 2, "stride": 2},
+    {"type": "fc", "outputs": 10},
+)
+CIFAR10_SHAPE = (32, 32, 3)
+
+
+def chunk_slices(n, chunk):
+    """slice objects covering range(n) in pieces of at most `chunk`."""
+    return [slice(start, min(n, start + chunk)) for start in range(0, n, chunk)]
+
+
+def build_layers(arch, input_shape, dtype, rng):
+    """Layer objects for `arch` (a list of dicts) on per-image `input_shape` (H, W, C)."""
+    layers, shape = [], tuple(input_shape)
+    for index, spec in enumerate(arch):
+        spec = dict(spec)
+        kind = spec.pop("type", None)
+        name = f"{kind}{index + 1}"
+        first = index == 0
+        try:
+            if kind == "conv":
+                layer = Conv(name, shape, input_grad=not first, dtype=dtype, rng=rng, **spec)
+            elif kind == "fc":
+                # The score layer starts at a tenth of He scale: scores near zero,
+                # loss near ln K, and full-batch momentum SGD stays stable (measured).
+                scale = 0.1 if index == len(arch) - 1 else 1.0
+                layer = FullyConnected(name, shape, input_grad=not first, init_scale=scale,
+                                       dtype=dtype, rng=rng, **spec)
+            elif kind == "pool":
+                layer = MaxPool(name, shape, dtype=dtype, **spec)
+            elif kind == "relu":
+                layer = ReLU(name, shape, dtype=dtype, **spec)
+            else:
+                raise ValueError(f"unknown layer type {kind!r} (use conv, relu, pool or fc)")
+        except TypeError as e:
+            raise ValueError(f"layer {index + 1} ({kind}): {e}") from None
+        layers.append(layer)
+        shape = layer.out_shape
+    return layers
+
+
+class CNN:
+    """A convolutional network trained by momentum SGD with L2 regularisation.
+
+    One iteration = forward and backward over a batch of images, then one update.
+    """
+
+    def __init__(self, arch=DEFAULT_ARCH, input_shape=CIFAR10_SHAPE, dtype=np.float32,
+                 lr=1e-3, momentum=0.9, reg=5e-4, seed=0, chunk=256):
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.dtype = np.dtype(dtype)
+        self.lr, self.momentum, self.reg = float(lr), float(momentum), float(reg)
+        self.seed, self.chunk = int(seed), int(chunk)
+        self.layers = build_layers(arch, self.input_shape, self.dtype,
+                                   np.random.default_rng(self.seed))
+        self.arch = [layer.config() for layer in self.layers]      # canonical, JSON-ready
+        if len(self.layers[-1].out_shape) != 1:
+            raise ValueError("the last layer must be fully connected (it gives the class scores)")
+        self.num_classes = self.layers[-1].out_shape[0]
+        self.velocity = {name: np.zeros_like(p) for name, p in self.params().items()}
+        self.iteration = 0
+
+    # ----- parameters -------------------------------------------------------
+    def params(self):
+        """name -> array, e.g. "conv1.W"; the arrays are the layers' own (updated in place)."""
+        return {f"{layer.name}.{key}": value
+                for layer in self.layers for key, value in layer.params.items()}
+
+    def set_params(self, params):
+        """Copy values into the layers' parameters (shapes must match)."""
+        own = self.params()
+        if set(own) != set(params):
+            raise ValueError(f"parameter names differ: have {sorted(own)}, got {sorted(params)}")
+        for name, value in params.items():
+            if own[name].shape != value.shape:
+                raise ValueError(f"{name}: shape {value.shape}, expected {own[name].shape}")
+            own[name][...] = value
+
+    def weight_names(self):
+        """The regularised parameters: weights, not biases."""
+        return [name for name in self.params() if name.endswith(".W")]
+
+    # ----- passes -----------------------------------------------------------
+    def forward(self, x):
+        """x: (N, H, W, C) float -> scores (N, K), caches (one dict per layer)."""
+        caches = []
+        for layer in self.layers:
+            x, cache = layer.forward(x)
+            caches.append(cache)
+        return x, caches
+
+    def backward(self, dscores, caches):
+        """dscores: (N, K) -> gradients, name -> array (data term only)."""
+        grads, dout = {}, dscores
+        for layer, cache in zip(reversed(self.layers), reversed(caches)):
+            dout, layer_grads = layer.backward(dout, cache)
+            for key, value in layer_grads.items():
+                grads[f"{layer.name}.{key}"] = value
+        return grads
+
+    def loss_and_gradients(self, images, labels, index=None, progress=None):
+        """Mean softmax loss over a batch and its gradients, data term only.
+
+        images: (T, H, W, C) uint8; labels: (T,); index: (N,) positions of the
+        batch's images in them, or None for all T. Worked through in chunks of
+        `self.chunk` images: each image's loss gradient depends on its own
+        scores only, so forward and backward run chunk by chunk and memory stays
+        flat in N. Returns (loss, grads, timings) with timings
+        {"forward_s", "backward_s"}.
+        """
+        n = len(labels) if index is None else len(index)
+        grads = {name: np.zeros_like(p) for name, p in self.params().items()}
+        loss, forward_s, backward_s = 0.0, 0.0, 0.0
+        for rows in chunk_slices(n, self.chunk):
+            t0 = time.perf_counter()
+            picked = rows if index is None else index[rows]
+            x = normalize_images(images[picked], self.dtype)          # (n_chunk, H, W, C)
+            scores, caches = self.forward(x)
+            chunk_loss, dscores = softmax_loss(scores, labels[picked], normalizer=n)
+            t1 = time.perf_counter()
+            for name, g in self.backward(dscores, caches).items():
+                grads[name] += g
+            t2 = time.perf_counter()
+            loss += chunk_loss
+            forward_s += t1 - t0
+            backward_s += t2 - t1
+            if progress is not None:
+                progress.update(len(scores))
+        return loss, grads, {"forward_s": forward_s, "backward_s": backward_s}
+
+    def regularize(self, loss, grads):
+        """Add the L2 term to a data loss and its gradients (grads changed in place)."""
+        params = self.params()
+        names = self.weight_names()
+        for name in names:
+            grads[name] += self.reg * params[name]
+        return loss + l2_penalty([params[name] for name in names], self.reg)
+
+    def update(self, grads):
+        """One momentum SGD step: v = momentum * v - lr * g; p += v."""
+        for name, p in self.params().items():
+            v = self.velocity[name]
+            v *= self.momentum
+            v -= self.lr * grads[name].astype(self.dtype, copy=False)
+            p += v
+        self.iteration += 1
+
+    # ----- training and prediction -----------------------------------------
+    def train_iteration(self, images, labels, index=None, progress=None):
+        """Forward, backward and update on one batch -> metrics dict.
+
+        images (T, H, W, C) uint8 and labels (T,) are the whole training set;
+        index (N,) picks the batch (None: all T).
+        """
+        started = time.perf_counter()
+        loss, grads, timings = self.loss_and_gradients(images, labels, index, progress)
+        loss = self.regularize(loss, grads)
+        t0 = time.perf_counter()
+        self.update(grads)
+        update_s = time.perf_counter() - t0
+        total = time.perf_counter() - started
+        n = len(labels) if index is None else len(index)
+        return dict(iteration=self.iteration, loss=loss, **timings, update_s=update_s,
+                    images=n, images_per_s=n / total if total else 0.0)
+
+    def predict_scores(self, images, progress=None):
+        """images: (N, H, W, C) uint8 -> scores (N, K), chunk by chunk."""
+        out = np.empty((len(images), self.num_classes), self.dtype)
+        for rows in chunk_slices(len(images), self.chunk):
+            out[rows], _ = self.forward(normalize_images(images[rows], self.dtype))
+            if progress is not None:
+                progress.update(rows.stop - rows.start)
+        return out
+
+    def predict(self, images, progress=None):
+        """images: (N, H, W, C) uint8 -> predicted labels (N,)."""
+        return self.predict_scores(images, progress).argmax(axis=1)
+
+    def accuracy(self, images, labels, progress=None):
+        """Fraction of images whose predicted label is right."""
+        return float(np.mean(self.predict(images, progress) == labels))
+
+    # ----- saving -----------------------------------------------------------
+    def settings(self):
+        return dict(arch=self.arch, input_shape=list(self.input_shape), dtype=self.dtype.name,
+                    lr=self.lr, momentum=self.momentum, reg=self.reg, seed=self.seed)
+
+    def save(self, path):
+        """Atomically write parameters, velocities, iteration and network shape to `path`."""
+        arrays = {f"param/{k}": v for k, v in self.params().items()}
+        arrays.update({f"velocity/{k}": v for k, v in self.velocity.items()})
+        save_checkpoint(path, arrays, dict(self.settings(), iteration=self.iteration))
+
+    @classmethod
+    def load(cls, path, **overrides):
+        """A network rebuilt from a checkpoint; `overrides` replace saved settings (e.g. lr)."""
+        arrays, meta = load_checkpoint(path)
+        settings = {k: meta[k] for k in ("arch", "input_shape", "dtype", "lr", "momentum",
+                                         "reg", "seed") if k in meta}
+        settings.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            net = cls(**settings)
+            net.set_params({k[6:]: v for k, v in arrays.items() if k.startswith("param/")})
+            velocity = {k[9:]: v for k, v in arrays.items() if k.startswith("velocity/")}
+            if set(velocity) != set(net.velocity):
+                raise ValueError("velocities do not match the parameters")
+            for name, v in velocity.items():
+                net.velocity[name][...] = v
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{path} does not describe a usable network: {e}") from None
+        net.iteration = int(meta.get("iteration", 0))
+        return net

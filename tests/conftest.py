@@ -1,0 +1,137 @@
+"""Shared pytest fixtures.
+
+Storage fixtures use the real Redis / HDFS servers: the SPARK_CNN_* variables
+printed by ``scripts/services.sh start`` if they are set, otherwise the
+fixtures run that script themselves (and export its settings into
+``os.environ`` for subprocesses).  Unreachable servers FAIL the test.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+_ENV_NAMES = ("SPARK_CNN_REDIS", "SPARK_CNN_WEBHDFS", "SPARK_CNN_HDFS",
+              "SPARK_CNN_HDFS_USER", "SPARK_CNN_HDFS_ROOT")
+
+
+@dataclass(frozen=True)
+class HdfsSettings:
+    webhdfs: str  # http://127.0.0.1:19870
+    hdfs: str     # hdfs://127.0.0.1:19000
+    user: str
+    root: str     # /spark-cnn
+
+
+@pytest.fixture(scope="session")
+def service_env() -> dict[str, str]:
+    """The SPARK_CNN_* settings; starts the services when they are not set."""
+    if all(os.environ.get(n) for n in ("SPARK_CNN_REDIS", "SPARK_CNN_WEBHDFS", "SPARK_CNN_HDFS")):
+        return {n: os.environ.get(n, "") for n in _ENV_NAMES}
+    script = ROOT / "scripts" / "services.sh"
+    try:
+        proc = subprocess.run(["bash", str(script), "start"], capture_output=True, text=True,
+                              timeout=900, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{script} start did not finish in 900 s")
+    if proc.returncode != 0:
+        pytest.fail(f"{script} start failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    env = {}
+    for line in proc.stdout.splitlines():
+        words = shlex.split(line)
+        if len(words) == 2 and words[0] == "export" and "=" in words[1]:
+            name, value = words[1].split("=", 1)
+            env[name] = value
+    missing = [n for n in _ENV_NAMES if not env.get(n)]
+    if missing:
+        pytest.fail(f"{script} start printed no value for {missing}; stdout was:\n{proc.stdout}")
+    os.environ.update(env)
+    return env
+
+
+@pytest.fixture(scope="session")
+def redis_addresses(service_env) -> list[str]:
+    """Redis addresses (local node first), each checked with a PING."""
+    import redis
+
+    from spark.store import parse_redis_addresses
+
+    addresses = parse_redis_addresses(service_env["SPARK_CNN_REDIS"])
+    for address in addresses:
+        if address.startswith("unix://"):
+            client = redis.Redis(unix_socket_path=address[len("unix://"):], socket_timeout=5)
+        else:
+            host, _, port = address.rpartition(":")
+            client = redis.Redis(host=host, port=int(port), socket_timeout=5)
+        try:
+            client.ping()
+        except Exception as e:  # noqa: BLE001
+            pytest.fail(f"Redis at {address} is not reachable: {e}; run scripts/services.sh start")
+        finally:
+            client.close()
+    return addresses
+
+
+@pytest.fixture(scope="session")
+def hdfs_settings(service_env) -> HdfsSettings:
+    """HDFS settings, checked with a WebHDFS status call on the root folder."""
+    from hdfs import InsecureClient
+
+    settings = HdfsSettings(webhdfs=service_env["SPARK_CNN_WEBHDFS"],
+                            hdfs=service_env["SPARK_CNN_HDFS"],
+                            user=service_env.get("SPARK_CNN_HDFS_USER") or "root",
+                            root=service_env.get("SPARK_CNN_HDFS_ROOT") or "/spark-cnn")
+    try:
+        InsecureClient(settings.webhdfs, user=settings.user, timeout=10).status("/")
+    except Exception as e:  # noqa: BLE001
+        pytest.fail(f"WebHDFS at {settings.webhdfs} is not reachable: {e}; "
+                    "run scripts/services.sh start")
+    return settings
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory) -> str:
+    """A small learnable data set in the CIFAR-10 python-version layout (2,000 + 500 images)."""
+    from spark.synthetic import make_synthetic_cifar10
+
+    folder = tmp_path_factory.mktemp("synthetic-cifar-10")
+    make_synthetic_cifar10(folder, train=2000, test=500, seed=0)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def synthetic_train(synthetic_dir):
+    """The synthetic training split, loaded: images (2000, 32, 32, 3) uint8, labels (2000,)."""
+    from spark.cifar10 import load_cifar10
+
+    return load_cifar10(synthetic_dir, "train")
+
+
+@pytest.fixture(scope="session")
+def egg(tmp_path_factory):
+    """The project built from scratch as an egg in a temporary folder (dist/ is not touched)."""
+    out = tmp_path_factory.mktemp("egg")
+    cmd = [sys.executable, "setup.py", "-q",
+           "egg_info", "--egg-base", str(out),
+           "build", "--build-base", str(out / "build"),
+           "bdist_egg", "--dist-dir", str(out / "dist"),
+           "--bdist-dir", str(out / "bdist")]
+    proc = subprocess.run(cmd, cwd=str(ROOT), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    eggs = glob.glob(str(out / "dist" / "*.egg"))
+    assert [os.path.basename(e) for e in eggs] == [
+        "spark_cnn-%s-py%d.%d-linux-x86_64.egg"
+        % ((__import__('spark').__version__,) + sys.version_info[:2])]
+    return eggs[0]

@@ -82,9 +82,16 @@ def train(kind, args, out=sys.stdout):
             record["save_s"] = time.perf_counter() - started
             record["rss_mb"] = rss_mb()
             metrics.write(record)
+            exchange = ""
+            if "store_bytes" in record:
+                exchange = (f" stored {record['store_bytes'] / 2**20:.1f} MB "
+                            f"(write {record['store_write_s']:.2f}s read {record['store_read_s']:.2f}s)")
             print(f"iteration {record['iteration']}: forward {record['forward_s']:.2f}s "
                   f"backward {record['backward_s']:.2f}s loss {record['loss']:.4f} "
-                  f"({record['images_per_s']:.0f} images/s)", file=out, flush=True)
+                  f"({record['images_per_s']:.0f} images/s){exchange}", file=out, flush=True)
+        if getattr(net, "im2col_backends", None):
+            print(f"im2col back end in the Spark tasks: {', '.join(sorted(net.im2col_backends))}",
+                  file=out)
         print(f"parameters saved to {path}", file=out)
 
 
@@ -93,7 +100,7 @@ def evaluate(kind, split, args, out=sys.stdout):
     settings = Settings.from_flags(args)
     data = load_images(settings, split, args.images)
     with open_network(kind, settings, args, checkpoint_path(settings, kind)) as net:
-        progress = (Progress(len(data), f"evaluating") if len(data) >= PROGRESS_FROM
+        progress = (Progress(len(data), "evaluating") if len(data) >= PROGRESS_FROM
                     else NoProgress())
         predicted = net.predict(data.images, progress)
     correct = int(np.sum(predicted == data.labels))

@@ -6,7 +6,6 @@ from or written to dist/ or build/ of the working tree), then used from a
 temporary working directory where the project folder is not importable.
 """
 
-import glob
 import json
 import os
 import shutil
@@ -16,27 +15,8 @@ import textwrap
 
 import pytest
 
-import spark
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def egg(tmp_path_factory):
-    out = tmp_path_factory.mktemp("egg")
-    cmd = [sys.executable, "setup.py", "-q",
-           "egg_info", "--egg-base", str(out),
-           "build", "--build-base", str(out / "build"),
-           "bdist_egg", "--dist-dir", str(out / "dist"),
-           "--bdist-dir", str(out / "bdist")]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    eggs = glob.glob(str(out / "dist" / "*.egg"))
-    assert [os.path.basename(e) for e in eggs] == [
-        "spark_cnn-%s-py%d.%d-linux-x86_64.egg"
-        % ((spark.__version__,) + sys.version_info[:2])]
-    return eggs[0]
 
 
 def _clean_env(tmp_path, **extra):
@@ -153,13 +133,13 @@ def _spark_submit():
     try:
         import pyspark
     except ImportError:
-        pytest.skip("pyspark not installed")
+        pytest.fail("pyspark is not installed: run scripts/install.sh")
     path = os.path.join(os.path.dirname(pyspark.__file__), "bin",
                         "spark-submit")
     if not os.path.exists(path):
-        pytest.skip("spark-submit not found in the pyspark package")
+        pytest.fail("spark-submit not found in the pyspark package")
     if shutil.which("java") is None and "JAVA_HOME" not in os.environ:
-        pytest.skip("java not installed")
+        pytest.fail("java is not installed (Spark needs Java 17)")
     return path
 
 

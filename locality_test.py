@@ -1,0 +1,10 @@
+"""Accuracy of the Redis-exchange CNN on the first N test images, over B Spark tasks:
+spark-submit --py-files <egg> locality_test.py [num images] [num iterations] [num batches]."""
+import sys
+
+from spark.cli import run, test_parser
+from spark.runner import evaluate
+
+if __name__ == "__main__":
+    sys.exit(run(lambda args: evaluate("locality", "test", args),
+                 test_parser("locality_test.py", distributed=True, split="test")))

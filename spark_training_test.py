@@ -1,0 +1,10 @@
+"""Accuracy of the HDFS-exchange CNN on the first N training images, over B Spark tasks:
+spark-submit --py-files <egg> spark_training_test.py [num images] [num iterations] [num batches]."""
+import sys
+
+from spark.cli import run, test_parser
+from spark.runner import evaluate
+
+if __name__ == "__main__":
+    sys.exit(run(lambda args: evaluate("spark", "train", args),
+                 test_parser("spark_training_test.py", distributed=True, split="training")))

@@ -1,0 +1,68 @@
+"""spark-submit of the real entry scripts with the built egg on local[2], against
+the real Redis and HDFS, then the matching evaluation scripts."""
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+import redis
+from hdfs import InsecureClient
+
+from spark.store import parse_redis_addresses
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def spark_submit():
+    import pyspark
+    return os.path.join(os.path.dirname(pyspark.__file__), "bin", "spark-submit")
+
+
+def submit(egg, script, args, env, cwd):
+    command = [spark_submit(), "--master", "local[2]", "--conf", "spark.ui.enabled=false",
+               "--py-files", egg, os.path.join(ROOT, script), *map(str, args)]
+    return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("kind", ["spark", "locality"])
+def test_spark_submit_trains_and_evaluates_from_the_egg(kind, egg, synthetic_dir, service_env,
+                                                        tmp_path):
+    root = f"/spark-cnn-submit-{uuid.uuid4().hex[:8]}"
+    env = dict(os.environ, **service_env)
+    env.update(SPARK_CNN_HDFS_ROOT=root, SPARK_CNN_DATA_DIR=synthetic_dir, SPARK_CNN_PARAMS_DIR=str(tmp_path / "params"),
+               PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable,
+               XDG_CACHE_HOME=str(tmp_path / "cache"))
+    env.pop("PYTHONPATH", None)
+    work = tmp_path / "cwd"                       # the project folder is not importable from here
+    work.mkdir()
+    metrics = tmp_path / "metrics.jsonl"
+    train = submit(egg, f"{kind}_train.py", [250, 3, 3, "--metrics", metrics], env, work)
+    assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-4000:]
+    assert "im2col back end in the Spark tasks: native" in train.stdout
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [1, 2, 3]
+    for r in records:
+        assert r["im2col"] == ["native"] and r["backward_partitions"] == 3
+        assert 0 < r["store_bytes"] / 250 < 100_000          # bytes stored per image
+        for key in ("broadcast_s", "store_write_s", "store_read_s", "forward_s", "backward_s"):
+            assert r[key] >= 0
+    assert records[-1]["loss"] < records[0]["loss"]
+
+    for script, n in ((f"{kind}_test.py", 120), (f"{kind}_training_test.py", 250)):
+        result = submit(egg, script, [n, 3, 4], env, work)
+        assert result.returncode == 0, result.stderr[-4000:]
+        assert re.fullmatch(rf"accuracy [01]\.\d+ on {n} images", result.stdout.strip().splitlines()[-1])
+
+    # nothing of the runs is left in HDFS or Redis
+    hdfs = InsecureClient(service_env["SPARK_CNN_WEBHDFS"], user=service_env["SPARK_CNN_HDFS_USER"])
+    assert hdfs.status(root, strict=False) is None or hdfs.list(root) == []
+    for address in parse_redis_addresses(service_env["SPARK_CNN_REDIS"]):
+        client = (redis.Redis(unix_socket_path=address[len("unix://"):])
+                  if address.startswith("unix://")
+                  else redis.Redis(host=address.rsplit(":", 1)[0], port=int(address.rsplit(":", 1)[1])))
+        assert list(client.scan_iter(match="spark-cnn:*", count=1000)) == []
+        client.close()

@@ -1,4 +1,10 @@
-"""im2col / col2im for NHWC tensors -- the one place that picks the back end.
+"""im2col / col2im and max pooling for NHWC tensors -- the one place that
+picks the back end.
+
+This module exposes every function of the native core (``spark.matrix``,
+built from matrix_c.c): the im2col / col2im pair used by the convolution and
+the max-pooling forward / backward pair used by spark.pool, each with a
+pure-NumPy reference that gives bit-identical results.
 
 Public API
 ----------
@@ -10,6 +16,21 @@ Public API
     The adjoint: sums every cols entry back onto its source pixel.
 ``numpy_im2col`` / ``numpy_col2im``
     Pure-NumPy reference implementations (always available).
+``maxpool_forward(x, kh, kw, stride)``
+    Max pooling without padding: x (N, H, W, C) -> ``(out, argmax)``, both
+    (N, OH, OW, C) with OH = (H - KH) // stride + 1; ``argmax`` (uint8) is
+    the window offset ``kh*KW + kw`` of the maximum.  Offsets are scanned in
+    increasing order from offset 0 and a value wins only if strictly greater
+    (``>``): the first maximum wins ties, a NaN at offset 0 is kept, a NaN
+    elsewhere is never picked.  KH*KW <= 256.
+``maxpool_backward(dout, argmax, h, w, kh, kw, stride)``
+    dout, argmax (N, OH, OW, C) -> dx (N, H, W, C): zero, plus every dout
+    entry added at the input position its argmax points to.  Where windows
+    overlap, each dx element receives its contributions in increasing
+    (oh, ow) order, i.e. decreasing window offset (every dx element is
+    ``0.0 + contributions``, so a lone -0.0 gradient becomes +0.0).
+``numpy_maxpool_forward`` / ``numpy_maxpool_backward``
+    Pure-NumPy reference implementations (always available).
 ``backend()``
     ``"native"`` (the compiled ``spark.matrix`` extension) or ``"numpy"``.
 ``backend_error()``
@@ -20,8 +41,11 @@ Public API
     ``(size + 2*pad - k) // stride + 1``.
 
 Both back ends accept float32 and float64 and return the input dtype.  They
-are bit-identical: im2col is a pure copy, and col2im adds the contributions
-of every output element in the same order (decreasing (kh, kw)).
+are bit-identical: im2col and the pooling forward pass only copy and compare,
+and col2im / maxpool_backward add the contributions of every output element
+in the same order (decreasing (kh, kw)).  One back end serves all functions:
+if the extension cannot be loaded, or fails its self-test on any of them,
+every public function falls back to NumPy.
 
 Back-end selection
 ------------------
@@ -59,6 +83,10 @@ __all__ = [
     "col2im",
     "numpy_im2col",
     "numpy_col2im",
+    "maxpool_forward",
+    "maxpool_backward",
+    "numpy_maxpool_forward",
+    "numpy_maxpool_backward",
     "backend",
     "backend_error",
     "backend_info",
@@ -181,6 +209,104 @@ def numpy_col2im(cols, x_shape, kh, kw, stride=1, pad=0):
     if p:
         return np.ascontiguousarray(dxp[:, p:p + h, p:p + w, :])
     return dxp
+
+
+MAX_POOL_WINDOW = 256  # KH*KW: argmax offsets are stored as uint8
+
+
+def _pool_geometry(func, shape, kh, kw, stride):
+    """Validate pooling arguments for an input shape; return (kh, kw, stride,
+    oh, ow)."""
+    kh = _int(kh, "kh", 1)
+    kw = _int(kw, "kw", 1)
+    stride = _int(stride, "stride", 1)
+    _, h, w, _ = shape
+    if kh * kw > MAX_POOL_WINDOW:
+        raise ValueError(f"{func}: a {kh}x{kw} window has more than "
+                         f"{MAX_POOL_WINDOW} values (argmax is uint8)")
+    if kh > h or kw > w:
+        raise ValueError(f"{func}: window {kh}x{kw} is larger than the "
+                         f"input {h}x{w}")
+    return kh, kw, stride, (h - kh) // stride + 1, (w - kw) // stride + 1
+
+
+def _window(a, i, j, stride, oh, ow):
+    """View of a (N, H, W, C) at window offset (i, j): (N, OH, OW, C)."""
+    return a[:, i:i + stride * (oh - 1) + 1:stride,
+             j:j + stride * (ow - 1) + 1:stride, :]
+
+
+def numpy_maxpool_forward(x, kh, kw, stride):
+    """Pure-NumPy max pooling; bit-identical to the native one.
+
+    Every window offset is a strided view of x, so pooling is KH*KW
+    whole-array compare-and-select passes in increasing offset order.
+    """
+    x = _float_array(x, "maxpool_forward", "x")
+    if x.ndim != 4:
+        raise ValueError(f"maxpool_forward: x must be 4-D NHWC (N, H, W, C), "
+                         f"got shape {x.shape}")
+    kh, kw, s, oh, ow = _pool_geometry("maxpool_forward", x.shape, kh, kw,
+                                       stride)
+    out = _window(x, 0, 0, s, oh, ow).copy()                  # (N, OH, OW, C)
+    argmax = np.zeros(out.shape, np.uint8)
+    larger = np.empty(out.shape, np.bool_)
+    for offset in range(1, kh * kw):
+        view = _window(x, *divmod(offset, kw), s, oh, ow)
+        np.greater(view, out, out=larger)
+        np.copyto(out, view, where=larger)
+        np.copyto(argmax, np.uint8(offset), where=larger)
+    return out, argmax
+
+
+def numpy_maxpool_backward(dout, argmax, h, w, kh, kw, stride):
+    """Pure-NumPy max-pooling gradient; bit-identical to the native one.
+
+    The window offsets are visited in DECREASING order, which is the order in
+    which the C code (walking the output pixels in increasing order) adds the
+    contributions to each dx element of overlapping windows.
+    """
+    dout = _float_array(dout, "maxpool_backward", "dout")
+    if dout.ndim != 4:
+        raise ValueError(f"maxpool_backward: dout must be 4-D (N, OH, OW, C), "
+                         f"got shape {dout.shape}")
+    argmax = np.asarray(argmax)
+    if argmax.dtype != np.uint8:
+        raise ValueError(f"maxpool_backward: argmax dtype must be uint8, "
+                         f"got {argmax.dtype}")
+    n, c = dout.shape[0], dout.shape[3]
+    h = _int(h, "h", 0)
+    w = _int(w, "w", 0)
+    kh, kw, s, oh, ow = _pool_geometry("maxpool_backward", (n, h, w, c),
+                                       kh, kw, stride)
+    if dout.shape != (n, oh, ow, c):
+        raise ValueError(f"maxpool_backward: dout must have shape "
+                         f"{(n, oh, ow, c)} for H={h}, W={w}, window "
+                         f"{kh}x{kw}, stride={s}; got {dout.shape}")
+    if argmax.shape != dout.shape:
+        raise ValueError(f"maxpool_backward: argmax shape {argmax.shape} "
+                         f"differs from dout shape {dout.shape}")
+    if argmax.size and int(argmax.max()) >= kh * kw:
+        raise ValueError(f"maxpool_backward: argmax holds an offset >= "
+                         f"{kh * kw} (not a {kh}x{kw} window offset)")
+    dx = np.zeros((n, h, w, c), dout.dtype)
+    # 0.0 + dout: what a contribution added to a zero dx element gives (turns
+    # -0.0 into +0.0, like the C code).  Copying it is then the same as adding
+    # it wherever the element is still zero: always when windows do not
+    # overlap, and on the first pass otherwise.  Later passes add
+    # where(chosen, dout, 0); the extra +0.0 leaves every other element
+    # unchanged (a sum that starts at +0.0 is never -0.0).
+    first = dout + dout.dtype.type(0)
+    overlapping = s < kh or s < kw
+    chosen = np.empty(dout.shape, np.bool_)
+    for offset in range(kh * kw - 1, -1, -1):
+        np.equal(argmax, np.uint8(offset), out=chosen)
+        target = _window(dx, *divmod(offset, kw), s, oh, ow)
+        if overlapping and offset != kh * kw - 1:
+            target += np.where(chosen, dout, dout.dtype.type(0))
+        else:
+            np.copyto(target, first, where=chosen)
+    return dx
 
 
 # ------------------------------------------------------- native loading
@@ -320,6 +446,19 @@ def _self_test(module):
     dx = module.col2im(cols, x.shape, 2, 3, 1, 1)
     if not np.array_equal(dx, numpy_col2im(cols, x.shape, 2, 3, 1, 1)):
         raise ImportError("native col2im disagrees with the NumPy reference")
+    # Pooling: overlapping 3x2 windows, stride 1, with ties (small integers).
+    x = (np.arange(2 * 5 * 4 * 3) * 7 % 5).astype(np.float64).reshape(2, 5, 4, 3)
+    out, arg = module.maxpool_forward(x, 3, 2, 1)
+    ref_out, ref_arg = numpy_maxpool_forward(x, 3, 2, 1)
+    if not (np.array_equal(out, ref_out) and np.array_equal(arg, ref_arg)):
+        raise ImportError("native maxpool_forward disagrees with the NumPy "
+                          "reference")
+    dout = np.linspace(-1.0, 1.0, out.size).reshape(out.shape)
+    dx = module.maxpool_backward(dout, arg, 5, 4, 3, 2, 1)
+    if dx.tobytes() != numpy_maxpool_backward(dout, arg, 5, 4, 3, 2,
+                                              1).tobytes():
+        raise ImportError("native maxpool_backward disagrees with the NumPy "
+                          "reference")
 
 
 def _load_native():
@@ -360,9 +499,13 @@ _native, _native_path, _error = _choose()
 if _native is not None:
     im2col = _native.im2col
     col2im = _native.col2im
+    maxpool_forward = _native.maxpool_forward
+    maxpool_backward = _native.maxpool_backward
 else:
     im2col = numpy_im2col
     col2im = numpy_col2im
+    maxpool_forward = numpy_maxpool_forward
+    maxpool_backward = numpy_maxpool_backward
 
 
 def backend():

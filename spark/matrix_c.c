@@ -12,6 +12,7 @@
  */
 #include "matrix_c.h"
 
+#include <stdint.h>
 #include <string.h>
 
 #if defined(__GNUC__) || defined(__clang__)
@@ -176,3 +177,186 @@ SPARK_DEFINE_COL2IM(f32, float)
 SPARK_DEFINE_COL2IM(f64, double)
 
 #undef SPARK_DEFINE_COL2IM
+
+/* ------------------------------------------------------------- max pooling */
+
+/*
+ * Forward: for every output pixel, the C channel values of each window
+ * offset are one contiguous run of x, so the window is scanned offset by
+ * offset with a branch-free, vectorisable compare-and-select over C.
+ *
+ * Backward, non-overlapping windows (stride >= KH and stride >= KW): every
+ * dx element belongs to at most one window, so dx is written in a single
+ * pass, row by row: inside a window dx = (argmax == offset) ? 0 + dout : 0,
+ * gaps and leftover rows/columns are zero-filled.  Overlapping windows: dx
+ * is zero-filled, then output pixels are visited in increasing (n, oh, ow)
+ * order and each adds dout to the window offset its argmax selects (a
+ * vectorisable masked add; the unselected elements are rewritten unchanged,
+ * never added to, so no stray +0.0 changes a result).
+ */
+
+static int pool_geometry(ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c,
+                         ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t stride,
+                         ptrdiff_t *oh, ptrdiff_t *ow)
+{
+    if (kh < 1 || kw < 1 || kh > SPARK_MAXPOOL_MAX_WINDOW
+        || kw > SPARK_MAXPOOL_MAX_WINDOW
+        || kh * kw > SPARK_MAXPOOL_MAX_WINDOW)
+        return -1;
+    return check_geometry(n, h, w, c, kh, kw, stride, 0, oh, ow);
+}
+
+/* Largest byte of a[0..len) (0 if empty); vectorisable. */
+static size_t max_byte(const unsigned char *a, size_t len)
+{
+    unsigned char m = 0;
+    for (size_t i = 0; i < len; ++i)
+        m = a[i] > m ? a[i] : m;
+    return m;
+}
+
+/*
+ * Bitwise select: cond ? a : b.  Written with integer masks because GCC will
+ * not if-convert (hence not vectorise) a conditional floating-point add under
+ * the default -ftrapping-math; the masked form is branch-free and exact.
+ */
+#define SPARK_DEFINE_SELECT(SUFFIX, T, U)                                     \
+static inline T select_##SUFFIX(int cond, T a, T b)                           \
+{                                                                             \
+    U ua, ub;                                                                 \
+    const U m = (U)0 - (U)cond;                                               \
+    memcpy(&ua, &a, sizeof ua);                                               \
+    memcpy(&ub, &b, sizeof ub);                                               \
+    ua = (ua & m) | (ub & ~m);                                                \
+    memcpy(&a, &ua, sizeof a);                                                \
+    return a;                                                                 \
+}
+
+SPARK_DEFINE_SELECT(f32, float, uint32_t)
+SPARK_DEFINE_SELECT(f64, double, uint64_t)
+
+#undef SPARK_DEFINE_SELECT
+
+#define SPARK_DEFINE_MAXPOOL(SUFFIX, T)                                       \
+int spark_maxpool_forward_##SUFFIX(const T *x, ptrdiff_t n, ptrdiff_t h,      \
+                                   ptrdiff_t w, ptrdiff_t c, ptrdiff_t kh,    \
+                                   ptrdiff_t kw, ptrdiff_t stride, T *out,    \
+                                   unsigned char *argmax)                     \
+{                                                                             \
+    ptrdiff_t oh, ow;                                                         \
+    if (pool_geometry(n, h, w, c, kh, kw, stride, &oh, &ow) != 0)             \
+        return -1;                                                            \
+    const size_t uc = (size_t)c;                                              \
+    const size_t xrow = (size_t)w * uc;                                       \
+    const size_t ximg = (size_t)h * xrow;                                     \
+    T *SPARK_RESTRICT o = out;                                                \
+    unsigned char *SPARK_RESTRICT a = argmax;                                 \
+    for (ptrdiff_t in = 0; in < n; ++in) {                                    \
+        for (ptrdiff_t y = 0; y < oh; ++y) {                                  \
+            for (ptrdiff_t xo = 0; xo < ow; ++xo, o += uc, a += uc) {         \
+                const T *base = x + (size_t)in * ximg                         \
+                                + (size_t)(y * stride) * xrow                 \
+                                + (size_t)(xo * stride) * uc;                 \
+                memcpy(o, base, uc * sizeof(T));                              \
+                memset(a, 0, uc);                                             \
+                for (ptrdiff_t i = 0; i < kh; ++i) {                          \
+                    for (ptrdiff_t j = (i == 0); j < kw; ++j) {               \
+                        const T *SPARK_RESTRICT v =                           \
+                            base + (size_t)i * xrow + (size_t)j * uc;         \
+                        const unsigned char off =                             \
+                            (unsigned char)(i * kw + j);                      \
+                        for (size_t k = 0; k < uc; ++k) {                     \
+                            const T cur = o[k], val = v[k];                   \
+                            const int gt = val > cur;                         \
+                            o[k] = gt ? val : cur;                            \
+                            a[k] = (unsigned char)                            \
+                                (a[k] ^ ((a[k] ^ off)                         \
+                                         & (unsigned char)-gt));              \
+                        }                                                     \
+                    }                                                         \
+                }                                                             \
+            }                                                                 \
+        }                                                                     \
+    }                                                                         \
+    return 0;                                                                 \
+}                                                                             \
+                                                                              \
+int spark_maxpool_backward_##SUFFIX(const T *dout,                            \
+                                    const unsigned char *argmax,              \
+                                    ptrdiff_t n, ptrdiff_t h, ptrdiff_t w,    \
+                                    ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw,  \
+                                    ptrdiff_t stride, T *dx)                  \
+{                                                                             \
+    ptrdiff_t oh, ow;                                                         \
+    if (pool_geometry(n, h, w, c, kh, kw, stride, &oh, &ow) != 0)             \
+        return -1;                                                            \
+    const size_t uc = (size_t)c;                                              \
+    const size_t xrow = (size_t)w * uc;                                       \
+    const size_t ximg = (size_t)h * xrow;                                     \
+    const size_t orow = (size_t)ow * uc;                                      \
+    const size_t oimg = (size_t)oh * orow;                                    \
+    if (max_byte(argmax, (size_t)n * oimg) >= (size_t)(kh * kw))              \
+        return -2;                                                            \
+    if (stride >= kh && stride >= kw) {                                       \
+        for (ptrdiff_t in = 0; in < n; ++in) {                                \
+            for (ptrdiff_t ih = 0; ih < h; ++ih) {                            \
+                T *row = dx + (size_t)in * ximg + (size_t)ih * xrow;          \
+                const ptrdiff_t y = ih / stride, i = ih - y * stride;         \
+                if (y >= oh || i >= kh) {                                     \
+                    memset(row, 0, xrow * sizeof(T));                         \
+                    continue;                                                 \
+                }                                                             \
+                const size_t o0 = (size_t)in * oimg + (size_t)y * orow;       \
+                for (ptrdiff_t xo = 0; xo < ow; ++xo) {                       \
+                    const ptrdiff_t iw0 = xo * stride;                        \
+                    const T *SPARK_RESTRICT g = dout + o0 + (size_t)xo * uc;  \
+                    const unsigned char *SPARK_RESTRICT a =                   \
+                        argmax + o0 + (size_t)xo * uc;                        \
+                    for (ptrdiff_t j = 0; j < kw; ++j) {                      \
+                        T *SPARK_RESTRICT d = row + (size_t)(iw0 + j) * uc;   \
+                        const unsigned char off =                             \
+                            (unsigned char)(i * kw + j);                      \
+                        for (size_t k = 0; k < uc; ++k)                       \
+                            d[k] = select_##SUFFIX(a[k] == off,               \
+                                                   (T)0 + g[k], (T)0);        \
+                    }                                                         \
+                    const ptrdiff_t end = xo + 1 < ow ? iw0 + stride : w;     \
+                    memset(row + (size_t)(iw0 + kw) * uc, 0,                  \
+                           (size_t)(end - iw0 - kw) * uc * sizeof(T));        \
+                }                                                             \
+            }                                                                 \
+        }                                                                     \
+        return 0;                                                             \
+    }                                                                         \
+    memset(dx, 0, (size_t)n * ximg * sizeof(T));                              \
+    for (ptrdiff_t in = 0; in < n; ++in) {                                    \
+        for (ptrdiff_t y = 0; y < oh; ++y) {                                  \
+            for (ptrdiff_t xo = 0; xo < ow; ++xo) {                           \
+                const size_t o0 = (size_t)in * oimg + (size_t)y * orow        \
+                                  + (size_t)xo * uc;                          \
+                const T *SPARK_RESTRICT g = dout + o0;                        \
+                const unsigned char *SPARK_RESTRICT a = argmax + o0;          \
+                T *base = dx + (size_t)in * ximg                              \
+                          + (size_t)(y * stride) * xrow                       \
+                          + (size_t)(xo * stride) * uc;                       \
+                for (ptrdiff_t i = 0; i < kh; ++i) {                          \
+                    for (ptrdiff_t j = 0; j < kw; ++j) {                      \
+                        T *SPARK_RESTRICT d =                                 \
+                            base + (size_t)i * xrow + (size_t)j * uc;         \
+                        const unsigned char off =                             \
+                            (unsigned char)(i * kw + j);                      \
+                        for (size_t k = 0; k < uc; ++k)                       \
+                            d[k] = select_##SUFFIX(a[k] == off,               \
+                                                   d[k] + g[k], d[k]);        \
+                    }                                                         \
+                }                                                             \
+            }                                                                 \
+        }                                                                     \
+    }                                                                         \
+    return 0;                                                                 \
+}
+
+SPARK_DEFINE_MAXPOOL(f32, float)
+SPARK_DEFINE_MAXPOOL(f64, double)
+
+#undef SPARK_DEFINE_MAXPOOL

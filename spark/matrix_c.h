@@ -1,5 +1,6 @@
 /*
- * matrix_c.h - im2col / col2im for NHWC tensors (float and double).
+ * matrix_c.h - im2col / col2im and max pooling for NHWC tensors (float and
+ * double).
  *
  * Layout
  * ------
@@ -19,10 +20,30 @@
  * the pure NumPy fallback in spark/im2col.py follows the same order so both
  * back ends give bit-identical results.
  *
+ * Max pooling (no padding)
+ * ------------------------
+ *   x      : (N, H, W, C)      out, argmax : (N, OH, OW, C)
+ *   OH = (H - KH) / stride + 1, OW = (W - KW) / stride + 1, KH*KW <= 256.
+ *   out[n, oh, ow, c] = max over the window of x[n, oh*stride + kh,
+ *   ow*stride + kw, c]; argmax holds the window offset kh*KW + kw (uint8) of
+ *   that maximum.  Offsets are scanned in increasing order starting from
+ *   offset 0 and a value replaces the current maximum only if it compares
+ *   strictly greater ('>'): the first maximum wins on ties, a NaN at offset 0
+ *   is kept, a NaN elsewhere is never picked.
+ *
+ *   maxpool_backward zero-fills dx and adds every dout[n, oh, ow, c] to the
+ *   dx element its argmax points at.  When windows overlap, each dx element
+ *   receives its contributions in increasing (oh, ow) order, i.e. in
+ *   DECREASING window-offset order; the NumPy reference follows the same
+ *   order.  Every dx element is exactly 0.0 + its contributions (so a -0.0
+ *   gradient becomes +0.0), in both back ends.
+ *
  * All functions return 0 on success and -1 if the arguments are invalid
- * (negative sizes, kernel < 1, stride < 1, pad < 0 or a kernel that does not
- * fit in the padded input).  The Python wrapper validates first, so -1 is
- * only a safety net.  No function allocates memory or touches Python.
+ * (negative sizes, kernel < 1, stride < 1, pad < 0, a kernel that does not
+ * fit in the padded input, a pooling window of more than 256 values);
+ * maxpool_backward returns -2 (before writing anything) if an argmax entry
+ * is not a valid offset (>= KH*KW).  The Python wrapper validates first, so
+ * -1 is only a safety net.  No function allocates memory or touches Python.
  */
 #ifndef SPARK_MATRIX_C_H
 #define SPARK_MATRIX_C_H
@@ -53,6 +74,30 @@ int spark_col2im_f32(const float *cols, ptrdiff_t n, ptrdiff_t h,
 int spark_col2im_f64(const double *cols, ptrdiff_t n, ptrdiff_t h,
                      ptrdiff_t w, ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw,
                      ptrdiff_t stride, ptrdiff_t pad, double *dx);
+
+/* Largest pooling window (KH*KW): argmax offsets are stored as uint8. */
+#define SPARK_MAXPOOL_MAX_WINDOW 256
+
+int spark_maxpool_forward_f32(const float *x, ptrdiff_t n, ptrdiff_t h,
+                              ptrdiff_t w, ptrdiff_t c, ptrdiff_t kh,
+                              ptrdiff_t kw, ptrdiff_t stride, float *out,
+                              unsigned char *argmax);
+
+int spark_maxpool_forward_f64(const double *x, ptrdiff_t n, ptrdiff_t h,
+                              ptrdiff_t w, ptrdiff_t c, ptrdiff_t kh,
+                              ptrdiff_t kw, ptrdiff_t stride, double *out,
+                              unsigned char *argmax);
+
+int spark_maxpool_backward_f32(const float *dout, const unsigned char *argmax,
+                               ptrdiff_t n, ptrdiff_t h, ptrdiff_t w,
+                               ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw,
+                               ptrdiff_t stride, float *dx);
+
+int spark_maxpool_backward_f64(const double *dout,
+                               const unsigned char *argmax, ptrdiff_t n,
+                               ptrdiff_t h, ptrdiff_t w, ptrdiff_t c,
+                               ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t stride,
+                               double *dx);
 
 #ifdef __cplusplus
 }

@@ -1,12 +1,14 @@
 """Max pooling on NHWC activations.
 
-Each of the KH*KW window offsets is a strided view of the input, so pooling is
-KH*KW whole-array comparisons with no im2col copy; overlapping windows
-(stride < size) work the same way.
+The work is done by spark.im2col.maxpool_forward / maxpool_backward: the
+native core (tight loops over the contiguous channel axis, GIL released) when
+the extension is loaded, otherwise the bit-identical NumPy reference that
+treats each of the KH*KW window offsets as a strided view of the input.
+Overlapping windows (stride < size) and gaps (stride > size) both work.
 """
 import numpy as np
 
-from .im2col import output_size
+from .im2col import maxpool_backward, maxpool_forward, output_size
 from .layer import Layer, pair
 
 
@@ -37,32 +39,12 @@ class MaxPool(Layer):
     def config(self):
         return {"type": self.kind, "size": [self.kh, self.kw], "stride": self.stride}
 
-    def _window(self, a, i, j):
-        """The view of `a` (N, H, W, C) seen at window offset (i, j): (N, OH, OW, C)."""
-        oh, ow, _ = self.out_shape
-        s = self.stride
-        return a[:, i:i + s * (oh - 1) + 1:s, j:j + s * (ow - 1) + 1:s, :]
-
     def forward(self, x):
-        out = self._window(x, 0, 0).copy()                            # (N, OH, OW, C)
-        argmax = np.zeros(out.shape, np.uint8)
-        for offset in range(1, self.kh * self.kw):
-            view = self._window(x, *divmod(offset, self.kw))
-            larger = view > out
-            np.copyto(out, view, where=larger)
-            np.copyto(argmax, offset, where=larger)
+        out, argmax = maxpool_forward(x, self.kh, self.kw, self.stride)  # (N, OH, OW, C)
         return out, {"argmax": argmax}
 
     def backward(self, dout, cache):
-        argmax = cache["argmax"]
-        n = dout.shape[0]
-        dx = np.zeros((n,) + self.in_shape, dout.dtype)              # (N, H, W, C)
-        overlapping = self.stride < max(self.kh, self.kw)
-        for offset in range(self.kh * self.kw):
-            chosen = argmax == offset
-            target = self._window(dx, *divmod(offset, self.kw))
-            if overlapping:
-                target += np.where(chosen, dout, 0)
-            else:
-                np.copyto(target, dout, where=chosen)
+        height, width, _ = self.in_shape
+        dx = maxpool_backward(dout, cache["argmax"], height, width,
+                              self.kh, self.kw, self.stride)       # (N, H, W, C)
         return dx, {}

@@ -277,3 +277,325 @@ def test_default_subprocess_uses_native():
     out = _run_backend_probe({"SPARK_CNN_IM2COL": "auto"})
     assert out == {"backend": "native", "error": None, "ok": True,
                    "numpy_impl": False}
+
+
+# ------------------------------------------------------------ max pooling
+
+def _random_pool_cases(count, seed):
+    rng = np.random.default_rng(seed)
+    channels = [1, 2, 3, 4, 7, 8, 15, 16, 17, 31, 33, 64, 65, 70]
+    cases = []
+    while len(cases) < count:
+        n = int(rng.integers(1, 4))
+        c = int(rng.choice(channels)) if rng.random() < 0.6 \
+            else int(rng.integers(1, 71))
+        h, w = (int(v) for v in rng.integers(1, 12, size=2))
+        kh, kw = (int(v) for v in rng.integers(1, 6, size=2))
+        stride = int(rng.integers(1, 4))
+        if kh > h or kw > w:
+            continue
+        cases.append((n, h, w, c, kh, kw, stride))
+    return cases
+
+
+POOL_CASES = _random_pool_cases(300, seed=20240612)
+
+
+def test_pool_cases_cover_the_interesting_space():
+    n, h, w, c, kh, kw, s = zip(*POOL_CASES)
+    assert set(s) == {1, 2, 3} and set(n) == {1, 2, 3}
+    assert min(c) == 1 and max(c) >= 64 and len(set(c)) > 20
+    cases = list(zip(h, w, kh, kw, s))
+    assert any(a != b for _, _, a, b, _ in cases)                 # non-square
+    assert any(st < max(a, b) for _, _, a, b, st in cases)         # overlap
+    assert any(st > a and st > b for _, _, a, b, st in cases)      # gaps
+    assert any((hh - a) % st for hh, _, a, _, st in cases)         # leftover
+    assert any((ww - b) % st for _, ww, _, b, st in cases)
+
+
+def _pool_input(rng, shape, dtype, kind):
+    if kind == "ties":        # small integers: many equal values per window
+        x = rng.integers(-2, 3, size=shape).astype(dtype)
+        x[rng.random(shape) < 0.2] = -0.0    # -0.0 ties with +0.0
+        return x
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def _pool_grad(rng, shape, dtype):
+    g = rng.standard_normal(shape).astype(dtype)
+    g[rng.random(shape) < 0.1] = -0.0        # dx must hold 0.0 + contributions
+    g[rng.random(shape) < 0.1] = 1.0
+    return g
+
+
+@pytest.mark.parametrize("kind", ["ties", "normal"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_native_maxpool_matches_numpy_on_random_shapes(dtype, kind):
+    native = _native()
+    rng = np.random.default_rng(17)
+    for n, h, w, c, kh, kw, s in POOL_CASES:
+        x = _pool_input(rng, (n, h, w, c), dtype, kind)
+        out, arg = native.maxpool_forward(x, kh, kw, s)
+        oh, ow = (h - kh) // s + 1, (w - kw) // s + 1
+        assert out.shape == arg.shape == (n, oh, ow, c)
+        assert arg.dtype == np.uint8 and out.dtype == dtype
+        ref_out, ref_arg = im.numpy_maxpool_forward(x, kh, kw, s)
+        _same_bits(out, ref_out)
+        assert arg.tobytes() == ref_arg.tobytes() and ref_arg.dtype == np.uint8
+
+        g = _pool_grad(rng, out.shape, dtype)
+        dx = native.maxpool_backward(g, arg, h, w, kh, kw, s)
+        assert dx.shape == x.shape and dx.dtype == dtype
+        _same_bits(dx, im.numpy_maxpool_backward(g, arg, h, w, kh, kw, s))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_maxpool_backward_order_with_many_overlaps(dtype):
+    # Values of very different magnitudes make the sum order visible: both
+    # back ends must add the contributions to one pixel in the same order.
+    native = _native()
+    rng = np.random.default_rng(19)
+    for kh, kw, s in [(5, 5, 1), (4, 3, 1), (3, 5, 2), (1, 5, 1), (5, 1, 1)]:
+        x = np.zeros((2, 9, 10, 5), dtype)           # all ties: argmax 0
+        _, arg = native.maxpool_forward(x, kh, kw, s)
+        arg = rng.integers(0, kh * kw, size=arg.shape).astype(np.uint8)
+        g = (rng.standard_normal(arg.shape)
+             * 10.0 ** rng.integers(-8, 9, size=arg.shape)).astype(dtype)
+        _same_bits(native.maxpool_backward(g, arg, 9, 10, kh, kw, s),
+                   im.numpy_maxpool_backward(g, arg, 9, 10, kh, kw, s))
+
+
+def _loop_maxpool(x, kh, kw, s):
+    """Straight transcription of the definition (slow, obviously right)."""
+    n, h, w, c = x.shape
+    oh, ow = (h - kh) // s + 1, (w - kw) // s + 1
+    out = np.zeros((n, oh, ow, c), x.dtype)
+    arg = np.zeros((n, oh, ow, c), np.uint8)
+    for b in range(n):
+        for i in range(oh):
+            for j in range(ow):
+                for ch in range(c):
+                    best, where = x[b, i * s, j * s, ch], 0
+                    for u in range(kh):
+                        for v in range(kw):
+                            val = x[b, i * s + u, j * s + v, ch]
+                            if val > best:
+                                best, where = val, u * kw + v
+                    out[b, i, j, ch], arg[b, i, j, ch] = best, where
+    return out, arg
+
+
+@pytest.mark.parametrize("impl", ["native", "numpy"])
+def test_maxpool_matches_definition(impl):
+    fwd = im.numpy_maxpool_forward if impl == "numpy" \
+        else _native().maxpool_forward
+    bwd = im.numpy_maxpool_backward if impl == "numpy" \
+        else _native().maxpool_backward
+    rng = np.random.default_rng(23)
+    cases = [case for case in POOL_CASES if case[3] <= 8][:40]
+    for n, h, w, c, kh, kw, s in cases:
+        x = _pool_input(rng, (n, h, w, c), np.float64, "ties")
+        out, arg = fwd(x, kh, kw, s)
+        ref_out, ref_arg = _loop_maxpool(x, kh, kw, s)
+        _same_bits(out, ref_out)
+        np.testing.assert_array_equal(arg, ref_arg)
+        # backward: every dout lands on its argmax position (exact sums of
+        # small integers, so the order does not matter here)
+        g = rng.integers(-4, 5, size=out.shape).astype(np.float64)
+        expect = np.zeros_like(x)
+        for idx in np.ndindex(*out.shape):
+            b, i, j, ch = idx
+            u, v = divmod(int(arg[idx]), kw)
+            expect[b, i * s + u, j * s + v, ch] += g[idx]
+        np.testing.assert_array_equal(bwd(g, arg, h, w, kh, kw, s), expect)
+
+
+@pytest.mark.parametrize("impl", ["native", "numpy"])
+def test_maxpool_hand_computed_example(impl):
+    native = _native()
+    if impl == "native":
+        fwd, bwd = native.maxpool_forward, native.maxpool_backward
+    else:
+        fwd, bwd = im.numpy_maxpool_forward, im.numpy_maxpool_backward
+    # 1 image, 3x4 pixels, 1 channel:  [[1 5 2 2]
+    #                                   [3 5 0 7]
+    #                                   [9 1 1 6]]
+    x = np.array([[1, 5, 2, 2], [3, 5, 0, 7], [9, 1, 1, 6]],
+                 np.float32).reshape(1, 3, 4, 1)
+    # 2x2 stride 2: one row of windows (row 2 left over), OW = 2
+    out, arg = fwd(x, 2, 2, 2)
+    np.testing.assert_array_equal(out[0, :, :, 0], [[5, 7]])
+    np.testing.assert_array_equal(arg[0, :, :, 0], [[1, 3]])   # 5 tie: first
+    dx = bwd(np.array([[[[10], [20]]]], np.float32), arg, 3, 4, 2, 2, 2)
+    np.testing.assert_array_equal(
+        dx[0, :, :, 0], [[0, 10, 0, 0], [0, 0, 0, 20], [0, 0, 0, 0]])
+    # 2x2 stride 1 (overlapping): OH = 2, OW = 3
+    out, arg = fwd(x, 2, 2, 1)
+    np.testing.assert_array_equal(out[0, :, :, 0], [[5, 5, 7], [9, 5, 7]])
+    np.testing.assert_array_equal(arg[0, :, :, 0], [[1, 0, 3], [2, 0, 1]])
+    # the 5 at (0, 1) wins three windows, the 7 two: contributions add
+    dx = bwd(np.ones((1, 2, 3, 1), np.float32), arg, 3, 4, 2, 2, 1)
+    np.testing.assert_array_equal(
+        dx[0, :, :, 0], [[0, 2, 0, 0], [0, 1, 0, 2], [1, 0, 0, 0]])
+    # 1x3 window, stride 3 on 2 channels: channels are pooled separately
+    x2 = np.array([[[[1, 9], [4, 8], [4, 9], [0, 0]]]], np.float64)
+    out, arg = fwd(x2, 1, 3, 3)
+    np.testing.assert_array_equal(out, [[[[4, 9]]]])
+    np.testing.assert_array_equal(arg, [[[[1, 0]]]])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", ["native", "numpy"])
+def test_maxpool_nan_and_signed_zero(impl, dtype):
+    native = _native()
+    if impl == "native":
+        fwd, bwd = native.maxpool_forward, native.maxpool_backward
+    else:
+        fwd, bwd = im.numpy_maxpool_forward, im.numpy_maxpool_backward
+    nan = np.nan
+    # channels: NaN at offset 0 is kept; NaN later is never picked;
+    # -0.0 then +0.0 keeps -0.0 (not strictly greater); all NaN -> offset 0
+    x = np.array([[[[nan, 1, -0.0, nan], [2, nan, 0.0, nan]],
+                   [[3, 0, -1, nan], [1, 2, -1, nan]]]], dtype)
+    out, arg = fwd(x, 2, 2, 2)
+    assert np.isnan(out[0, 0, 0, 0]) and arg[0, 0, 0, 0] == 0
+    assert out[0, 0, 0, 1] == 2 and arg[0, 0, 0, 1] == 3
+    assert out[0, 0, 0, 2] == 0 and np.signbit(out[0, 0, 0, 2])
+    assert arg[0, 0, 0, 2] == 0
+    assert np.isnan(out[0, 0, 0, 3]) and arg[0, 0, 0, 3] == 0
+    # a -0.0 gradient becomes +0.0 (dx = 0.0 + contributions)
+    dx = bwd(np.full((1, 1, 1, 4), -0.0, dtype), arg, 2, 2, 2, 2, 2)
+    assert not np.signbit(dx).any() and not dx.any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_maxpool_largest_window_and_layouts(dtype):
+    native = _native()
+    rng = np.random.default_rng(29)
+    for shape, kh, kw, s in [((2, 16, 17, 3), 16, 16, 1),
+                             ((1, 3, 260, 5), 1, 256, 2),
+                             ((2, 5, 5, 0), 2, 2, 2),
+                             ((0, 5, 5, 4), 2, 2, 2),
+                             ((3, 7, 7, 70), 7, 7, 5),
+                             ((1, 8, 8, 1), 1, 1, 3)]:
+        x = rng.permutation(int(np.prod(shape))).reshape(shape).astype(dtype)
+        out, arg = native.maxpool_forward(x, kh, kw, s)
+        ref_out, ref_arg = im.numpy_maxpool_forward(x, kh, kw, s)
+        _same_bits(out, ref_out)
+        assert arg.tobytes() == ref_arg.tobytes()
+        g = rng.standard_normal(out.shape).astype(dtype)
+        _same_bits(native.maxpool_backward(g, arg, *shape[1:3], kh, kw, s),
+                   im.numpy_maxpool_backward(g, arg, *shape[1:3], kh, kw, s))
+    x = np.arange(256, dtype=dtype).reshape(1, 16, 16, 1)
+    out, arg = native.maxpool_forward(x, 16, 16, 1)
+    assert out.item() == 255 and arg.item() == 255
+
+
+@pytest.mark.parametrize("impl", ["native", "numpy"])
+def test_maxpool_non_contiguous_inputs(impl):
+    native = _native()
+    if impl == "native":
+        fwd, bwd = native.maxpool_forward, native.maxpool_backward
+    else:
+        fwd, bwd = im.numpy_maxpool_forward, im.numpy_maxpool_backward
+    rng = np.random.default_rng(31)
+    base = rng.standard_normal((2, 9, 14, 6)).astype(np.float32)
+    x = base[:, :, ::2, 1:5]                        # not C-contiguous
+    out, arg = fwd(x, 3, 2, 2)
+    ref_out, ref_arg = im.numpy_maxpool_forward(np.ascontiguousarray(x), 3, 2, 2)
+    _same_bits(out, ref_out)
+    np.testing.assert_array_equal(arg, ref_arg)
+    g = rng.standard_normal((2,) + out.shape[1:3] + (8,)).astype(np.float32)
+    gv, av = g[..., ::2], np.repeat(arg, 2, axis=3)[..., ::2]
+    dx = bwd(gv, av, 9, 7, 3, 2, 2)
+    _same_bits(dx, im.numpy_maxpool_backward(np.ascontiguousarray(gv), arg,
+                                             9, 7, 3, 2, 2))
+
+
+@pytest.mark.parametrize("impl", ["native", "numpy"])
+def test_maxpool_argument_validation(impl):
+    native = _native()
+    if impl == "native":
+        fwd, bwd = native.maxpool_forward, native.maxpool_backward
+    else:
+        fwd, bwd = im.numpy_maxpool_forward, im.numpy_maxpool_backward
+    x = np.zeros((2, 5, 4, 3), np.float32)
+    out, arg = fwd(x, 2, 2, 2)                       # (2, 2, 2, 3)
+    big = np.zeros((1, 20, 20, 1), np.float32)
+    bad_forward = [
+        ((x, 6, 2, 1), "larger than the input"),
+        ((x, 2, 5, 1), "larger than the input"),
+        ((big, 16, 17, 1), "more than 256"),
+        ((x, 2, 2, 0), "stride"),
+        ((x, 0, 2, 1), "kh"),
+        ((x, 2, 0, 1), "kw"),
+        ((x, 2.0, 2, 1), "integer"),
+        ((x, 2, 2, True), "integer"),
+        ((x[0], 2, 2, 2), "4-D"),
+        ((x.astype(np.int32), 2, 2, 2), "float32 or float64"),
+        ((x.astype(np.float16), 2, 2, 2), "float32 or float64"),
+    ]
+    for args, msg in bad_forward:
+        with pytest.raises(ValueError, match=msg):
+            fwd(*args)
+
+    bad_backward = [
+        ((out, arg, 5, 4, 2, 2, 1), "dout must have shape"),
+        ((out, arg, 7, 4, 2, 2, 2), "dout must have shape"),
+        ((out[:, :1], arg, 5, 4, 2, 2, 2), "dout must have shape"),
+        ((out[0], arg, 5, 4, 2, 2, 2), "4-D"),
+        ((out, arg[..., :2], 5, 4, 2, 2, 2), "argmax shape"),
+        ((out, arg.astype(np.int64), 5, 4, 2, 2, 2), "uint8"),
+        ((out, np.full_like(arg, 4), 5, 4, 2, 2, 2), "offset >= 4"),
+        ((out, np.full_like(arg, 255), 5, 4, 2, 2, 2), "offset >= 4"),
+        ((out, arg, 5, 1, 2, 2, 2), "larger than the input"),
+        ((out, arg, -5, 4, 2, 2, 2), "h must be >= 0"),
+        ((out, arg, 5, 4, 2, 2, 0), "stride"),
+        ((out, arg, 5, 4.5, 2, 2, 2), "integer"),
+        ((out, arg, 5, 4, 0, 2, 2), "kh"),
+        ((out.astype(np.int64), arg, 5, 4, 2, 2, 2), "float32 or float64"),
+    ]
+    for args, msg in bad_backward:
+        with pytest.raises(ValueError, match=msg):
+            bwd(*args)
+
+
+def test_public_maxpool_functions_are_native():
+    native = _native()
+    assert im.maxpool_forward is native.maxpool_forward
+    assert im.maxpool_backward is native.maxpool_backward
+
+
+def test_maxpool_layer_uses_the_core_and_keeps_its_cache_format():
+    from spark.pool import MaxPool
+    rng = np.random.default_rng(37)
+    layer = MaxPool("pool", (7, 9, 5), (3, 2), 2)
+    x = rng.integers(-3, 4, size=(3, 7, 9, 5)).astype(np.float32)
+    out, cache = layer.forward(x)
+    assert out.shape == (3,) + layer.out_shape and out.dtype == np.float32
+    assert list(cache) == ["argmax"]
+    assert cache["argmax"].dtype == np.uint8 and cache["argmax"].shape == out.shape
+    ref_out, ref_arg = im.numpy_maxpool_forward(x, 3, 2, 2)
+    _same_bits(out, ref_out)
+    np.testing.assert_array_equal(cache["argmax"], ref_arg)
+    g = rng.standard_normal(out.shape).astype(np.float32)
+    dx, grads = layer.backward(g, cache)
+    assert grads == {}
+    _same_bits(dx, im.numpy_maxpool_backward(g, ref_arg, 7, 9, 3, 2, 2))
+
+
+def test_env_var_numpy_fallback_covers_pooling():
+    _native()
+    env = dict(os.environ, SPARK_CNN_IM2COL="numpy")
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    code = ("import numpy as np, spark.im2col as m\n"
+            "assert m.maxpool_forward is m.numpy_maxpool_forward\n"
+            "assert m.maxpool_backward is m.numpy_maxpool_backward\n"
+            "x = np.random.default_rng(0).standard_normal((2, 6, 5, 3))\n"
+            "out, arg = m.maxpool_forward(x, 2, 3, 1)\n"
+            "dx = m.maxpool_backward(out, arg, 6, 5, 2, 3, 1)\n"
+            "print(m.backend(), dx.shape)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[0] == "numpy"

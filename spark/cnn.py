@@ -8,9 +8,13 @@ Images arrive as uint8 NHWC (N, H, W, C); `normalize_images` turns each chunk
 into the network's float input just before use, so the whole training set is
 held once, as bytes.
 """
+import contextlib
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .conv import Conv
@@ -28,6 +32,14 @@ DEFAULT_ARCH = (
     {"type": "fc", "outputs": 10},
 )
 CIFAR10_SHAPE = (32, 32, 3)
+
+
+def default_threads():
+    """Chunks worked on at once by the local trainer: the cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def chunk_slices(n, chunk):
@@ -72,11 +84,12 @@ class CNN:
     """
 
     def __init__(self, arch=DEFAULT_ARCH, input_shape=CIFAR10_SHAPE, dtype=np.float32,
-                 lr=1e-3, momentum=0.9, reg=5e-4, seed=0, chunk=256):
+                 lr=1e-3, momentum=0.9, reg=5e-4, seed=0, chunk=256, threads=None):
         self.input_shape = tuple(int(s) for s in input_shape)
         self.dtype = np.dtype(dtype)
         self.lr, self.momentum, self.reg = float(lr), float(momentum), float(reg)
         self.seed, self.chunk = int(seed), int(chunk)
+        self.threads = int(threads) if threads else default_threads()
         self.layers = build_layers(arch, self.input_shape, self.dtype,
                                    np.random.default_rng(self.seed))
         self.arch = [layer.config() for layer in self.layers]      # canonical, JSON-ready
@@ -130,29 +143,50 @@ class CNN:
         images: (T, H, W, C) uint8; labels: (T,); index: (N,) positions of the
         batch's images in them, or None for all T. Worked through in chunks of
         `self.chunk` images: each image's loss gradient depends on its own
-        scores only, so forward and backward run chunk by chunk and memory stays
-        flat in N. Returns (loss, grads, timings) with timings
-        {"forward_s", "backward_s"}.
+        scores only, so forward and backward run chunk by chunk and memory
+        stays flat in N. `self.threads` chunks run at once (one BLAS thread
+        each); chunk results are added in chunk order, so the sums do not
+        depend on the thread count. Returns (loss, grads, timings) with
+        timings {"forward_s", "backward_s"}: the wall time split in proportion
+        to the chunks' own forward and backward times.
         """
         n = len(labels) if index is None else len(index)
-        grads = {name: np.zeros_like(p) for name, p in self.params().items()}
-        loss, forward_s, backward_s = 0.0, 0.0, 0.0
-        for rows in chunk_slices(n, self.chunk):
+
+        def chunk_work(rows):
             t0 = time.perf_counter()
             picked = rows if index is None else index[rows]
             x = normalize_images(images[picked], self.dtype)          # (n_chunk, H, W, C)
             scores, caches = self.forward(x)
             chunk_loss, dscores = softmax_loss(scores, labels[picked], normalizer=n)
             t1 = time.perf_counter()
-            for name, g in self.backward(dscores, caches).items():
-                grads[name] += g
-            t2 = time.perf_counter()
-            loss += chunk_loss
-            forward_s += t1 - t0
-            backward_s += t2 - t1
-            if progress is not None:
-                progress.update(len(scores))
-        return loss, grads, {"forward_s": forward_s, "backward_s": backward_s}
+            grads = self.backward(dscores, caches)
+            return chunk_loss, grads, t1 - t0, time.perf_counter() - t1, len(scores)
+
+        started = time.perf_counter()
+        totals = {name: np.zeros_like(p) for name, p in self.params().items()}
+        loss, forward_s, backward_s = 0.0, 0.0, 0.0
+        with self._workers() as run:
+            for chunk_loss, grads, f_s, b_s, count in run(chunk_work, chunk_slices(n, self.chunk)):
+                loss += chunk_loss
+                for name, g in grads.items():
+                    totals[name] += g
+                forward_s += f_s
+                backward_s += b_s
+                if progress is not None:
+                    progress.update(count)
+        wall = time.perf_counter() - started
+        share = forward_s / (forward_s + backward_s) if forward_s + backward_s else 0.5
+        return loss, totals, {"forward_s": wall * share, "backward_s": wall * (1 - share)}
+
+    @contextlib.contextmanager
+    def _workers(self):
+        """A `map(fn, items)` running `self.threads` items at once, results in order."""
+        if self.threads <= 1:
+            yield map
+            return
+        with threadpool_limits(limits=1, user_api="blas"), \
+                ThreadPoolExecutor(self.threads, thread_name_prefix="cnn-chunk") as pool:
+            yield pool.map
 
     def regularize(self, loss, grads):
         """Add the L2 term to a data loss and its gradients (grads changed in place)."""
@@ -192,10 +226,15 @@ class CNN:
     def predict_scores(self, images, progress=None):
         """images: (N, H, W, C) uint8 -> scores (N, K), chunk by chunk."""
         out = np.empty((len(images), self.num_classes), self.dtype)
-        for rows in chunk_slices(len(images), self.chunk):
+
+        def chunk_scores(rows):
             out[rows], _ = self.forward(normalize_images(images[rows], self.dtype))
-            if progress is not None:
-                progress.update(rows.stop - rows.start)
+            return rows.stop - rows.start
+
+        with self._workers() as run:
+            for count in run(chunk_scores, chunk_slices(len(images), self.chunk)):
+                if progress is not None:
+                    progress.update(count)
         return out
 
     def predict(self, images, progress=None):

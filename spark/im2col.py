@@ -1,10 +1,16 @@
 """im2col / col2im and max pooling for NHWC tensors -- the one place that
-picks the back end.
+picks the back end and the only place that validates arguments.
 
 This module exposes every function of the native core (``spark.matrix``,
 built from matrix_c.c): the im2col / col2im pair used by the convolution and
 the max-pooling forward / backward pair used by spark.pool, each with a
 pure-NumPy reference that gives bit-identical results.
+
+Each public function checks its arguments (dtype, shapes, geometry, argmax),
+computes the output sizes and allocates the outputs here, then calls a
+kernel: a NumPy one from this module or a thin native one from
+``spark.matrix``, which trusts these checks (the C core keeps its own guards
+as a safety net).  Both back ends therefore raise the same errors.
 
 Public API
 ----------
@@ -74,6 +80,7 @@ import operator
 import os
 import sys
 import tempfile
+import types
 import zipfile
 
 import numpy as np
@@ -99,11 +106,20 @@ _PKG = __name__.rpartition(".")[0] or "spark"
 _EXT_NAME = _PKG + ".matrix"
 _ENV_BACKEND = "SPARK_CNN_IM2COL"
 _ENV_CACHE = "SPARK_CNN_CACHE_DIR"
+_KERNEL_API = 2  # spark.matrix.KERNEL_API: the kernel signatures used here
 
 
 # --------------------------------------------------------------- validation
+#
+# Every check on the caller's arguments lives here, once, for both back ends.
+# The public functions (built by _front_ends below) validate and normalise
+# their arguments, allocate the outputs, and only then hand C-contiguous
+# arrays of the right dtype and shape plus plain integer geometry to a kernel:
+# the NumPy kernels of this module or the native ones of spark.matrix.
 
 def _int(value, name, minimum):
+    if type(value) is int and value >= minimum:   # fast path (not bool)
+        return value
     if isinstance(value, bool):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     try:
@@ -113,6 +129,11 @@ def _int(value, name, minimum):
     if v < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {v}")
     return v
+
+
+def _span(size, k, stride, pad):
+    """Window positions along one axis (arguments already validated)."""
+    return (size + 2 * pad - k) // stride + 1
 
 
 def output_size(size, k, stride=1, pad=0):
@@ -128,10 +149,12 @@ def output_size(size, k, stride=1, pad=0):
     if k > size + 2 * pad:
         raise ValueError(f"kernel size {k} is larger than the padded input "
                          f"{size + 2 * pad} (size={size}, pad={pad})")
-    return (size + 2 * pad - k) // stride + 1
+    return _span(size, k, stride, pad)
 
 
 def _geometry(func, shape, kh, kw, stride, pad):
+    """Validate im2col/col2im arguments for an NHWC shape; return
+    (n, h, w, c, kh, kw, stride, pad, oh, ow)."""
     kh = _int(kh, "kh", 1)
     kw = _int(kw, "kw", 1)
     stride = _int(stride, "stride", 1)
@@ -144,71 +167,25 @@ def _geometry(func, shape, kh, kw, stride, pad):
         raise ValueError(
             f"{func}: kernel {kh}x{kw} is larger than the padded input "
             f"{h + 2 * pad}x{w + 2 * pad} (H={h}, W={w}, pad={pad})")
-    oh = (h + 2 * pad - kh) // stride + 1
-    ow = (w + 2 * pad - kw) // stride + 1
-    return n, h, w, c, kh, kw, stride, pad, oh, ow
+    return (n, h, w, c, kh, kw, stride, pad,
+            _span(h, kh, stride, pad), _span(w, kw, stride, pad))
+
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _float_array(a, func, what):
     a = np.asarray(a)
-    if a.dtype != np.float32 and a.dtype != np.float64:
+    if a.dtype not in _FLOAT_DTYPES:
         raise ValueError(f"{func}: {what} dtype must be float32 or float64, "
                          f"got {a.dtype}")
     return np.ascontiguousarray(a)
 
 
-# -------------------------------------------------------- NumPy reference
-
-def numpy_im2col(x, kh, kw, stride=1, pad=0):
-    """Pure-NumPy im2col; bit-identical to the native one."""
-    x = _float_array(x, "im2col", "x")
-    if x.ndim != 4:
-        raise ValueError(f"im2col: x must be 4-D NHWC (N, H, W, C), "
-                         f"got shape {x.shape}")
-    n, h, w, c, kh, kw, s, p, oh, ow = _geometry(
-        "im2col", x.shape, kh, kw, stride, pad)
-    if p:
-        xp = np.zeros((n, h + 2 * p, w + 2 * p, c), dtype=x.dtype)
-        xp[:, p:p + h, p:p + w, :] = x
-    else:
-        xp = x
-    out = np.empty((n, oh, ow, kh, kw, c), dtype=x.dtype)
-    for i in range(kh):
-        rows = slice(i, i + s * (oh - 1) + 1, s)
-        for j in range(kw):
-            out[:, :, :, i, j, :] = xp[:, rows, j:j + s * (ow - 1) + 1:s, :]
-    return out.reshape(n * oh * ow, kh * kw * c)
-
-
-def numpy_col2im(cols, x_shape, kh, kw, stride=1, pad=0):
-    """Pure-NumPy col2im (adjoint of im2col); bit-identical to the native one.
-
-    The kernel offsets are visited in DECREASING (kh, kw) order, which is the
-    order in which the C code (walking cols rows in increasing order) adds the
-    contributions to each output element.
-    """
-    cols = _float_array(cols, "col2im", "cols")
-    try:
-        shape = tuple(x_shape)
-    except TypeError:
-        raise ValueError(f"col2im: x_shape must be a sequence (N, H, W, C), "
-                         f"got {x_shape!r}") from None
-    n, h, w, c, kh, kw, s, p, oh, ow = _geometry(
-        "col2im", shape, kh, kw, stride, pad)
-    expected = (n * oh * ow, kh * kw * c)
-    if cols.ndim != 2 or cols.shape != expected:
-        raise ValueError(f"col2im: cols must have shape {expected} for "
-                         f"x_shape={(n, h, w, c)}, kernel {kh}x{kw}, "
-                         f"stride={s}, pad={p}; got {cols.shape}")
-    cv = cols.reshape(n, oh, ow, kh, kw, c)
-    dxp = np.zeros((n, h + 2 * p, w + 2 * p, c), dtype=cols.dtype)
-    for i in range(kh - 1, -1, -1):
-        rows = slice(i, i + s * (oh - 1) + 1, s)
-        for j in range(kw - 1, -1, -1):
-            dxp[:, rows, j:j + s * (ow - 1) + 1:s, :] += cv[:, :, :, i, j, :]
-    if p:
-        return np.ascontiguousarray(dxp[:, p:p + h, p:p + w, :])
-    return dxp
+def _check_4d(a, func, what, axes):
+    if a.ndim != 4:
+        raise ValueError(f"{func}: {what} must be 4-D {axes}, "
+                         f"got shape {a.shape}")
 
 
 MAX_POOL_WINDOW = 256  # KH*KW: argmax offsets are stored as uint8
@@ -227,8 +204,104 @@ def _pool_geometry(func, shape, kh, kw, stride):
     if kh > h or kw > w:
         raise ValueError(f"{func}: window {kh}x{kw} is larger than the "
                          f"input {h}x{w}")
-    return kh, kw, stride, (h - kh) // stride + 1, (w - kw) // stride + 1
+    return kh, kw, stride, _span(h, kh, stride, 0), _span(w, kw, stride, 0)
 
+
+# ------------------------------------------------------------ front ends
+
+def _front_ends(kernels, prefix):
+    """The four public functions running `kernels` (spark.matrix or
+    _NUMPY_KERNELS), named prefix + im2col, col2im, maxpool_forward,
+    maxpool_backward; each carries the kernel it calls as ``.kernel``.
+
+    Kernel contract (both back ends): arguments already validated, arrays
+    C-contiguous with matching dtypes and shapes, outputs preallocated with
+    undefined contents and completely overwritten by the kernel.
+    """
+    im2col_kernel, col2im_kernel = kernels.im2col, kernels.col2im
+    forward_kernel = kernels.maxpool_forward
+    backward_kernel = kernels.maxpool_backward
+
+    def im2col(x, kh, kw, stride=1, pad=0):
+        """NHWC x (N, H, W, C) -> cols (N*OH*OW, KH*KW*C), dtype of x."""
+        x = _float_array(x, "im2col", "x")
+        _check_4d(x, "im2col", "x", "NHWC (N, H, W, C)")
+        n, h, w, c, kh, kw, s, p, oh, ow = _geometry(
+            "im2col", x.shape, kh, kw, stride, pad)
+        cols = np.empty((n * oh * ow, kh * kw * c), dtype=x.dtype)
+        im2col_kernel(x, cols, n, h, w, c, kh, kw, s, p)
+        return cols
+
+    def col2im(cols, x_shape, kh, kw, stride=1, pad=0):
+        """Adjoint of im2col: cols (N*OH*OW, KH*KW*C) -> dx of shape x_shape."""
+        cols = _float_array(cols, "col2im", "cols")
+        try:
+            shape = tuple(x_shape)
+        except TypeError:
+            raise ValueError(f"col2im: x_shape must be a sequence "
+                             f"(N, H, W, C), got {x_shape!r}") from None
+        n, h, w, c, kh, kw, s, p, oh, ow = _geometry(
+            "col2im", shape, kh, kw, stride, pad)
+        expected = (n * oh * ow, kh * kw * c)
+        if cols.shape != expected:
+            raise ValueError(f"col2im: cols must have shape {expected} for "
+                             f"x_shape={(n, h, w, c)}, kernel {kh}x{kw}, "
+                             f"stride={s}, pad={p}; got {cols.shape}")
+        dx = np.empty((n, h, w, c), dtype=cols.dtype)
+        col2im_kernel(cols, dx, n, h, w, c, kh, kw, s, p)
+        return dx
+
+    def maxpool_forward(x, kh, kw, stride):
+        """Max pooling, no padding: x (N, H, W, C) -> (out, argmax), both
+        (N, OH, OW, C); out has the dtype of x, argmax is uint8."""
+        x = _float_array(x, "maxpool_forward", "x")
+        _check_4d(x, "maxpool_forward", "x", "NHWC (N, H, W, C)")
+        kh, kw, s, oh, ow = _pool_geometry("maxpool_forward", x.shape, kh, kw,
+                                           stride)
+        n, h, w, c = x.shape
+        out = np.empty((n, oh, ow, c), dtype=x.dtype)
+        argmax = np.empty((n, oh, ow, c), dtype=np.uint8)
+        forward_kernel(x, out, argmax, n, h, w, c, kh, kw, s)
+        return out, argmax
+
+    def maxpool_backward(dout, argmax, h, w, kh, kw, stride):
+        """Gradient of maxpool_forward: dout, argmax (N, OH, OW, C) -> dx
+        (N, H, W, C) with the dtype of dout."""
+        dout = _float_array(dout, "maxpool_backward", "dout")
+        _check_4d(dout, "maxpool_backward", "dout", "(N, OH, OW, C)")
+        argmax = np.asarray(argmax)
+        if argmax.dtype != np.uint8:
+            raise ValueError(f"maxpool_backward: argmax dtype must be uint8, "
+                             f"got {argmax.dtype}")
+        n, c = dout.shape[0], dout.shape[3]
+        h = _int(h, "h", 0)
+        w = _int(w, "w", 0)
+        kh, kw, s, oh, ow = _pool_geometry("maxpool_backward", (n, h, w, c),
+                                           kh, kw, stride)
+        if dout.shape != (n, oh, ow, c):
+            raise ValueError(f"maxpool_backward: dout must have shape "
+                             f"{(n, oh, ow, c)} for H={h}, W={w}, window "
+                             f"{kh}x{kw}, stride={s}; got {dout.shape}")
+        if argmax.shape != dout.shape:
+            raise ValueError(f"maxpool_backward: argmax shape {argmax.shape} "
+                             f"differs from dout shape {dout.shape}")
+        if argmax.size and int(argmax.max()) >= kh * kw:
+            raise ValueError(f"maxpool_backward: argmax holds an offset >= "
+                             f"{kh * kw} (not a {kh}x{kw} window offset)")
+        argmax = np.ascontiguousarray(argmax)
+        dx = np.empty((n, h, w, c), dtype=dout.dtype)
+        backward_kernel(dout, argmax, dx, n, h, w, c, kh, kw, s)
+        return dx
+
+    functions = (im2col, col2im, maxpool_forward, maxpool_backward)
+    for function, kernel in zip(functions, (im2col_kernel, col2im_kernel,
+                                            forward_kernel, backward_kernel)):
+        function.__name__ = function.__qualname__ = prefix + function.__name__
+        function.kernel = kernel
+    return functions
+
+
+# ------------------------------------------------------------ NumPy kernels
 
 def _window(a, i, j, stride, oh, ow):
     """View of a (N, H, W, C) at window offset (i, j): (N, OH, OW, C)."""
@@ -236,60 +309,58 @@ def _window(a, i, j, stride, oh, ow):
              j:j + stride * (ow - 1) + 1:stride, :]
 
 
-def numpy_maxpool_forward(x, kh, kw, stride):
-    """Pure-NumPy max pooling; bit-identical to the native one.
+def _numpy_im2col_kernel(x, cols, n, h, w, c, kh, kw, s, p):
+    oh, ow = _span(h, kh, s, p), _span(w, kw, s, p)
+    if p:
+        xp = np.zeros((n, h + 2 * p, w + 2 * p, c), dtype=x.dtype)
+        xp[:, p:p + h, p:p + w, :] = x
+    else:
+        xp = x
+    out = cols.reshape(n, oh, ow, kh, kw, c)          # a view: cols is C-order
+    for i in range(kh):
+        for j in range(kw):
+            out[:, :, :, i, j, :] = _window(xp, i, j, s, oh, ow)
 
-    Every window offset is a strided view of x, so pooling is KH*KW
-    whole-array compare-and-select passes in increasing offset order.
-    """
-    x = _float_array(x, "maxpool_forward", "x")
-    if x.ndim != 4:
-        raise ValueError(f"maxpool_forward: x must be 4-D NHWC (N, H, W, C), "
-                         f"got shape {x.shape}")
-    kh, kw, s, oh, ow = _pool_geometry("maxpool_forward", x.shape, kh, kw,
-                                       stride)
-    out = _window(x, 0, 0, s, oh, ow).copy()                  # (N, OH, OW, C)
-    argmax = np.zeros(out.shape, np.uint8)
+
+def _numpy_col2im_kernel(cols, dx, n, h, w, c, kh, kw, s, p):
+    """The kernel offsets are visited in DECREASING (kh, kw) order, which is
+    the order in which the C code (walking cols rows in increasing order) adds
+    the contributions to each output element."""
+    oh, ow = _span(h, kh, s, p), _span(w, kw, s, p)
+    cv = cols.reshape(n, oh, ow, kh, kw, c)
+    if p:
+        dxp = np.zeros((n, h + 2 * p, w + 2 * p, c), dtype=dx.dtype)
+    else:
+        dxp = dx
+        dxp.fill(0)
+    for i in range(kh - 1, -1, -1):
+        for j in range(kw - 1, -1, -1):
+            target = _window(dxp, i, j, s, oh, ow)
+            target += cv[:, :, :, i, j, :]
+    if p:
+        dx[...] = dxp[:, p:p + h, p:p + w, :]
+
+
+def _numpy_maxpool_forward_kernel(x, out, argmax, n, h, w, c, kh, kw, s):
+    """Every window offset is a strided view of x, so pooling is KH*KW
+    whole-array compare-and-select passes in increasing offset order."""
+    oh, ow = _span(h, kh, s, 0), _span(w, kw, s, 0)
+    np.copyto(out, _window(x, 0, 0, s, oh, ow))
+    argmax.fill(0)
     larger = np.empty(out.shape, np.bool_)
     for offset in range(1, kh * kw):
         view = _window(x, *divmod(offset, kw), s, oh, ow)
         np.greater(view, out, out=larger)
         np.copyto(out, view, where=larger)
         np.copyto(argmax, np.uint8(offset), where=larger)
-    return out, argmax
 
 
-def numpy_maxpool_backward(dout, argmax, h, w, kh, kw, stride):
-    """Pure-NumPy max-pooling gradient; bit-identical to the native one.
-
-    The window offsets are visited in DECREASING order, which is the order in
-    which the C code (walking the output pixels in increasing order) adds the
-    contributions to each dx element of overlapping windows.
-    """
-    dout = _float_array(dout, "maxpool_backward", "dout")
-    if dout.ndim != 4:
-        raise ValueError(f"maxpool_backward: dout must be 4-D (N, OH, OW, C), "
-                         f"got shape {dout.shape}")
-    argmax = np.asarray(argmax)
-    if argmax.dtype != np.uint8:
-        raise ValueError(f"maxpool_backward: argmax dtype must be uint8, "
-                         f"got {argmax.dtype}")
-    n, c = dout.shape[0], dout.shape[3]
-    h = _int(h, "h", 0)
-    w = _int(w, "w", 0)
-    kh, kw, s, oh, ow = _pool_geometry("maxpool_backward", (n, h, w, c),
-                                       kh, kw, stride)
-    if dout.shape != (n, oh, ow, c):
-        raise ValueError(f"maxpool_backward: dout must have shape "
-                         f"{(n, oh, ow, c)} for H={h}, W={w}, window "
-                         f"{kh}x{kw}, stride={s}; got {dout.shape}")
-    if argmax.shape != dout.shape:
-        raise ValueError(f"maxpool_backward: argmax shape {argmax.shape} "
-                         f"differs from dout shape {dout.shape}")
-    if argmax.size and int(argmax.max()) >= kh * kw:
-        raise ValueError(f"maxpool_backward: argmax holds an offset >= "
-                         f"{kh * kw} (not a {kh}x{kw} window offset)")
-    dx = np.zeros((n, h, w, c), dout.dtype)
+def _numpy_maxpool_backward_kernel(dout, argmax, dx, n, h, w, c, kh, kw, s):
+    """The window offsets are visited in DECREASING order, which is the order
+    in which the C code (walking the output pixels in increasing order) adds
+    the contributions to each dx element of overlapping windows."""
+    oh, ow = _span(h, kh, s, 0), _span(w, kw, s, 0)
+    dx.fill(0)
     # 0.0 + dout: what a contribution added to a zero dx element gives (turns
     # -0.0 into +0.0, like the C code).  Copying it is then the same as adding
     # it wherever the element is still zero: always when windows do not
@@ -306,7 +377,18 @@ def numpy_maxpool_backward(dout, argmax, h, w, kh, kw, stride):
             target += np.where(chosen, dout, dout.dtype.type(0))
         else:
             np.copyto(target, first, where=chosen)
-    return dx
+
+
+_NUMPY_KERNELS = types.SimpleNamespace(
+    im2col=_numpy_im2col_kernel,
+    col2im=_numpy_col2im_kernel,
+    maxpool_forward=_numpy_maxpool_forward_kernel,
+    maxpool_backward=_numpy_maxpool_backward_kernel,
+)
+
+# Pure-NumPy reference implementations, always available.
+(numpy_im2col, numpy_col2im, numpy_maxpool_forward,
+ numpy_maxpool_backward) = _front_ends(_NUMPY_KERNELS, "numpy_")
 
 
 # ------------------------------------------------------- native loading
@@ -439,22 +521,29 @@ def _load_from_zip(archive, prefix):
 
 
 def _self_test(module):
+    """Run the native kernels through the front ends on small cases and
+    compare with the NumPy kernels; raise ImportError on any difference."""
+    api = getattr(module, "KERNEL_API", None)
+    if api != _KERNEL_API:
+        raise ImportError(f"{_EXT_NAME} has kernel API {api!r}, this module "
+                          f"needs {_KERNEL_API} (stale build: rebuild it)")
+    im2col, col2im, forward, backward = _front_ends(module, "")
     x = np.arange(2 * 3 * 4 * 2, dtype=np.float64).reshape(2, 3, 4, 2)
-    cols = module.im2col(x, 2, 3, 1, 1)
+    cols = im2col(x, 2, 3, 1, 1)
     if not np.array_equal(cols, numpy_im2col(x, 2, 3, 1, 1)):
         raise ImportError("native im2col disagrees with the NumPy reference")
-    dx = module.col2im(cols, x.shape, 2, 3, 1, 1)
+    dx = col2im(cols, x.shape, 2, 3, 1, 1)
     if not np.array_equal(dx, numpy_col2im(cols, x.shape, 2, 3, 1, 1)):
         raise ImportError("native col2im disagrees with the NumPy reference")
     # Pooling: overlapping 3x2 windows, stride 1, with ties (small integers).
     x = (np.arange(2 * 5 * 4 * 3) * 7 % 5).astype(np.float64).reshape(2, 5, 4, 3)
-    out, arg = module.maxpool_forward(x, 3, 2, 1)
+    out, arg = forward(x, 3, 2, 1)
     ref_out, ref_arg = numpy_maxpool_forward(x, 3, 2, 1)
     if not (np.array_equal(out, ref_out) and np.array_equal(arg, ref_arg)):
         raise ImportError("native maxpool_forward disagrees with the NumPy "
                           "reference")
     dout = np.linspace(-1.0, 1.0, out.size).reshape(out.shape)
-    dx = module.maxpool_backward(dout, arg, 5, 4, 3, 2, 1)
+    dx = backward(dout, arg, 5, 4, 3, 2, 1)
     if dx.tobytes() != numpy_maxpool_backward(dout, arg, 5, 4, 3, 2,
                                               1).tobytes():
         raise ImportError("native maxpool_backward disagrees with the NumPy "
@@ -497,15 +586,11 @@ def _choose():
 _native, _native_path, _error = _choose()
 
 if _native is not None:
-    im2col = _native.im2col
-    col2im = _native.col2im
-    maxpool_forward = _native.maxpool_forward
-    maxpool_backward = _native.maxpool_backward
+    im2col, col2im, maxpool_forward, maxpool_backward = _front_ends(_native, "")
 else:
-    im2col = numpy_im2col
-    col2im = numpy_col2im
-    maxpool_forward = numpy_maxpool_forward
-    maxpool_backward = numpy_maxpool_backward
+    im2col, col2im = numpy_im2col, numpy_col2im
+    maxpool_forward, maxpool_backward = (numpy_maxpool_forward,
+                                         numpy_maxpool_backward)
 
 
 def backend():

@@ -19,12 +19,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DTYPES = [np.float32, np.float64]
 
 
-def _native():
+def _kernels():
+    """The native kernels (spark.matrix); requires the native back end."""
     assert im.backend() == "native", (
         f"native extension not loaded ({im.backend_error()}); build it with "
         "`python3 setup.py build_ext --inplace`")
     import spark.matrix
     return spark.matrix
+
+
+def _native():
+    """The public functions, which validate their arguments and then run the
+    native kernels (spark.matrix only holds the thin kernels)."""
+    kernels = _kernels()
+    for name in ("im2col", "col2im", "maxpool_forward", "maxpool_backward"):
+        assert getattr(im, name).kernel is getattr(kernels, name), name
+    return im
 
 
 def _random_cases(count, seed):
@@ -79,8 +89,11 @@ def test_native_matches_numpy_on_random_shapes(dtype):
 
 
 def test_public_functions_are_native():
-    native = _native()
-    assert im.im2col is native.im2col and im.col2im is native.col2im
+    kernels = _kernels()
+    assert im.im2col.kernel is kernels.im2col
+    assert im.col2im.kernel is kernels.col2im
+    assert im.im2col is not im.numpy_im2col
+    assert im.col2im is not im.numpy_col2im
 
 
 def _loop_im2col(x, kh, kw, s, p):
@@ -561,9 +574,59 @@ def test_maxpool_argument_validation(impl):
 
 
 def test_public_maxpool_functions_are_native():
-    native = _native()
-    assert im.maxpool_forward is native.maxpool_forward
-    assert im.maxpool_backward is native.maxpool_backward
+    kernels = _kernels()
+    assert im.maxpool_forward.kernel is kernels.maxpool_forward
+    assert im.maxpool_backward.kernel is kernels.maxpool_backward
+    assert im.maxpool_forward is not im.numpy_maxpool_forward
+    assert im.maxpool_backward is not im.numpy_maxpool_backward
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", ["native", "numpy"])
+def test_kernels_overwrite_their_whole_output(impl, dtype):
+    # The front ends allocate outputs with np.empty: every kernel must write
+    # every element (prefilled NaN must not survive).
+    k = _kernels() if impl == "native" else im._NUMPY_KERNELS
+    rng = np.random.default_rng(41)
+    x = rng.standard_normal((2, 7, 6, 3)).astype(dtype)
+    for kh, kw, s, p in [(3, 2, 2, 1), (2, 2, 3, 0), (1, 1, 1, 2)]:
+        cols = np.full(im.numpy_im2col(x, kh, kw, s, p).shape, np.nan, dtype)
+        k.im2col(x, cols, 2, 7, 6, 3, kh, kw, s, p)
+        _same_bits(cols, im.numpy_im2col(x, kh, kw, s, p))
+        dx = np.full(x.shape, np.nan, dtype)
+        k.col2im(cols, dx, 2, 7, 6, 3, kh, kw, s, p)
+        _same_bits(dx, im.numpy_col2im(cols, x.shape, kh, kw, s, p))
+    for kh, kw, s in [(3, 2, 2), (2, 2, 3), (2, 3, 1)]:
+        ref_out, ref_arg = im.numpy_maxpool_forward(x, kh, kw, s)
+        out = np.full(ref_out.shape, np.nan, dtype)
+        arg = np.full(ref_out.shape, 255, np.uint8)
+        k.maxpool_forward(x, out, arg, 2, 7, 6, 3, kh, kw, s)
+        _same_bits(out, ref_out)
+        assert arg.tobytes() == ref_arg.tobytes()
+        dx = np.full(x.shape, np.nan, dtype)
+        k.maxpool_backward(ref_out, ref_arg, dx, 2, 7, 6, 3, kh, kw, s)
+        _same_bits(dx, im.numpy_maxpool_backward(ref_out, ref_arg, 7, 6,
+                                                 kh, kw, s))
+
+
+def test_native_kernels_keep_the_c_guards():
+    # The kernels trust spark.im2col's validation, but the C core still
+    # rejects a bad geometry or argmax offset (before writing anything).
+    k = _kernels()
+    x = np.zeros((1, 4, 4, 2), np.float32)
+    cols = np.zeros((9, 8), np.float32)
+    with pytest.raises(ValueError, match="invalid geometry"):
+        k.im2col(x, cols, 1, 4, 4, 2, 5, 2, 1, 0)
+    with pytest.raises(ValueError, match="invalid geometry"):
+        k.col2im(cols, x.copy(), 1, 4, 4, 2, 2, 2, 0, 0)
+    out = np.zeros((1, 2, 2, 2), np.float32)
+    arg = np.zeros((1, 2, 2, 2), np.uint8)
+    with pytest.raises(ValueError, match="invalid geometry"):
+        k.maxpool_forward(x, out, arg, 1, 4, 4, 2, 17, 17, 1)
+    dx = np.full(x.shape, 7.0, np.float32)
+    with pytest.raises(ValueError, match="argmax holds an offset"):
+        k.maxpool_backward(out, np.full_like(arg, 4), dx, 1, 4, 4, 2, 2, 2, 2)
+    assert (dx == 7.0).all()
 
 
 def test_maxpool_layer_uses_the_core_and_keeps_its_cache_format():

@@ -84,7 +84,7 @@ class CNN:
     """
 
     def __init__(self, arch=DEFAULT_ARCH, input_shape=CIFAR10_SHAPE, dtype=np.float32,
-                 lr=1e-3, momentum=0.9, reg=5e-4, seed=0, chunk=256, threads=None):
+                 lr=1e-3, momentum=0.9, reg=5e-4, seed=0, chunk=32, threads=None):
         self.input_shape = tuple(int(s) for s in input_shape)
         self.dtype = np.dtype(dtype)
         self.lr, self.momentum, self.reg = float(lr), float(momentum), float(reg)

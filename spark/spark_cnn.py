@@ -120,6 +120,8 @@ class SparkCNN(CNN):
             "store_write_s": stats["store_write_s"],
             "store_read_s": back_stats["store_read_s"],
             "store_bytes": stats["store_bytes"],
+            "task_forward_s": stats["task_forward_s"],
+            "task_backward_s": back_stats["task_backward_s"],
             "backward_partitions": markers.getNumPartitions(),
             "im2col": sorted(self.im2col_backends),
         }

@@ -44,26 +44,29 @@ def marker_folder(iteration):
 def _forward_chunks(net, images, index):
     """Forward over images[index] chunk by chunk.
 
-    Returns scores (n, K), caches joined along the batch axis (one dict per
-    layer), and the (layer, name) cache entries that held the network input,
-    which are left out: the input is rebuilt from the broadcast images.
+    Returns scores (n, K), the caches of the whole batch (one dict per layer,
+    each array (n, ...), filled chunk by chunk into arrays allocated once), and
+    the (layer, name) cache entries that held the network input, which are
+    left out: the input is rebuilt from the broadcast images.
     """
-    scores, parts, input_entries = [], [[] for _ in net.layers], set()
-    for rows in chunk_slices(len(index), net.chunk):
+    n = len(index)
+    scores = caches = None
+    input_entries = set()
+    for rows in chunk_slices(n, net.chunk):
         x = normalize_images(images[index[rows]], net.dtype)       # (n_chunk, H, W, C)
-        chunk_scores, caches = net.forward(x)
-        scores.append(chunk_scores)
-        for layer, cache in enumerate(caches):
-            kept = {}
+        chunk_scores, chunk_caches = net.forward(x)
+        if caches is None:
+            scores = np.empty((n,) + chunk_scores.shape[1:], chunk_scores.dtype)
+            input_entries = {(layer, name) for layer, cache in enumerate(chunk_caches)
+                             for name, array in cache.items() if array is x}
+            caches = [{name: np.empty((n,) + a.shape[1:], a.dtype) for name, a in cache.items()
+                       if (layer, name) not in input_entries}
+                      for layer, cache in enumerate(chunk_caches)]
+        scores[rows] = chunk_scores
+        for cache, chunk_cache in zip(caches, chunk_caches):
             for name, array in cache.items():
-                if array is x:
-                    input_entries.add((layer, name))
-                else:
-                    kept[name] = array
-            parts[layer].append(kept)
-    joined = [{name: np.concatenate([p[name] for p in layer_parts]) for name in layer_parts[0]}
-              for layer_parts in parts]
-    return np.concatenate(scores), joined, sorted(input_entries)
+                array[rows] = chunk_cache[name]
+    return scores, caches, sorted(input_entries)
 
 
 def predict_task(job, images_bc, state_bc, item):

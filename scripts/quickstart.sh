@@ -36,7 +36,7 @@ export PYSPARK_PYTHON=${PYSPARK_PYTHON:-$(command -v "$PYTHON")}
 export PYSPARK_DRIVER_PYTHON=${PYSPARK_DRIVER_PYTHON:-$PYSPARK_PYTHON}
 
 echo "quickstart: training on $IMAGES images of $SPARK_CNN_DATA_DIR, $ITERATIONS iterations of $MINIBATCH images, $BATCHES batches, master $MASTER" >&2
-"$SUBMIT" --master "$MASTER" --conf spark.ui.showConsoleProgress=false --py-files "$EGG" \
+"$SUBMIT" --master "$MASTER" --py-files "$EGG" \
     locality_train.py "$IMAGES" "$ITERATIONS" "$BATCHES" --minibatch "$MINIBATCH"
-"$SUBMIT" --master "$MASTER" --conf spark.ui.showConsoleProgress=false --py-files "$EGG" \
+"$SUBMIT" --master "$MASTER" --py-files "$EGG" \
     locality_test.py 1000 "$ITERATIONS" "$BATCHES"

@@ -16,6 +16,8 @@ def spark_conf(app_name):
     conf = SparkConf().setAppName(app_name)
     if not conf.contains("spark.master"):
         conf.setMaster("local[*]")
+    if not conf.contains("spark.ui.showConsoleProgress"):
+        conf.set("spark.ui.showConsoleProgress", "false")    # our own lines say where a run is
     if not conf.contains("spark.log.level"):
         conf.set("spark.log.level", os.environ.get("SPARK_CNN_SPARK_LOG_LEVEL", "WARN"))
     cpus = conf.get("spark.task.cpus", "1")

@@ -338,6 +338,10 @@ EOF
   <property><name>dfs.namenode.safemode.min.datanodes</name><value>0</value></property>
   <property><name>dfs.namenode.heartbeat.recheck-interval</name><value>30000</value></property>
   <property><name>dfs.heartbeat.interval</name><value>1</value></property>
+  <!-- small files (the per-batch marker files) close at once: without these a
+       close waits for the block report and retries after 400 ms -->
+  <property><name>dfs.namenode.file.close.num-committed-allowed</name><value>1</value></property>
+  <property><name>dfs.client.block.write.locateFollowingBlock.initial.delay.ms</name><value>10</value></property>
   <!-- scratch data on a dev box: no reserved space guard that would put the
        NameNode into safe mode on a fullish disk -->
   <property><name>dfs.namenode.resource.du.reserved</name><value>0</value></property>

@@ -52,6 +52,7 @@ def run_trainer(kind, images, iterations, args, batches=None, extra=()):
             command = [spark_submit(), "--master", args.master, "--driver-memory", "4g",
                        "--py-files", egg(), script] + common
         env = dict(os.environ, PYTHONPATH=ROOT if kind == "naive" else "",
+                   SPARK_LOCAL_IP=os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
                    PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
         result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
         if result.returncode != 0:

@@ -17,6 +17,7 @@ KINDS = {"spark": SparkCNN, "locality": LocalityCNN}
 
 @pytest.fixture(scope="module")
 def sc():
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
     from pyspark import SparkContext
 

@@ -35,7 +35,8 @@ def test_spark_submit_trains_and_evaluates_from_the_egg(kind, egg, synthetic_dir
     env = dict(os.environ, **service_env)
     env.update(SPARK_CNN_HDFS_ROOT=root, SPARK_CNN_DATA_DIR=synthetic_dir, SPARK_CNN_PARAMS_DIR=str(tmp_path / "params"),
                PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable,
-               XDG_CACHE_HOME=str(tmp_path / "cache"))
+               XDG_CACHE_HOME=str(tmp_path / "cache"),
+               SPARK_LOCAL_IP=os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"))
     env.pop("PYTHONPATH", None)
     work = tmp_path / "cwd"                       # the project folder is not importable from here
     work.mkdir()

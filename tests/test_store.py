@@ -304,6 +304,19 @@ def test_redis_large_value_default_chunking(rstore):
     assert_same(a, s.get("big"))
 
 
+def test_redis_value_above_the_512_mb_limit_round_trips(rstore):
+    s = rstore()  # default 256 MiB chunks
+    size = 600 * 2**20                            # above Redis's 512 MB value limit
+    a = np.tile(np.arange(251, dtype=np.uint8), size // 251 + 1)[:size]
+    assert s.put("huge", a) > size
+    assert len(_chunk_keys(s.local_address, s.namespace)) == 3
+    b = s.get("huge")
+    assert b.shape == a.shape and np.array_equal(a, b)
+    del b
+    s.delete_all()
+    assert _chunk_keys(s.local_address, s.namespace) == []
+
+
 def test_redis_overwrite_drops_old_chunks(rstore):
     s = rstore(chunk_bytes=100)
     s.put("w", np.zeros(250, dtype=np.float64))  # 2000 bytes -> 20 chunks

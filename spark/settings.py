@@ -6,7 +6,7 @@ export lines for `eval`.
 """
 import getpass
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # name -> (environment variable, default)
 SOURCES = {
@@ -48,7 +48,6 @@ class Settings:
     hdfs: str = ""
     hdfs_user: str = ""
     hdfs_root: str = ""
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_flags(cls, flags, environ=None):

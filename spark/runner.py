@@ -56,13 +56,13 @@ def batch_indices(iteration, size, total):
 def train(kind, args, out=sys.stdout):
     """Train for args.iterations iterations, saving after each one."""
     settings = Settings.from_flags(args)
-    data = load_images(settings, "train", args.images)
     minibatch = args.minibatch or args.images
     if minibatch > args.images:
         raise UsageError(f"--minibatch {minibatch} is larger than the {args.images} images")
     if getattr(args, "batches", 1) > minibatch:
         raise UsageError(f"{args.batches} batches for {minibatch} images per iteration: "
                          "each batch needs at least one image")
+    data = load_images(settings, "train", args.images)
     path = checkpoint_path(settings, kind)
     options = dict(lr=args.lr, momentum=args.momentum, reg=args.reg)
     if not args.resume:

@@ -26,6 +26,10 @@ def run_script(script, *args, env=None):
     ("naive_train.py", ["10", "2", "--lr", "fast"]),
     ("naive_test.py", ["1", "2"]),
     ("naive_training_test.py", ["-5"]),
+    ("naive_train.py", ["10", "2", "--minibatch", "11"]),
+    ("spark_train.py", ["3", "1", "5"]),               # more batches than images
+    ("locality_train.py", ["5000", "100", "0"]),
+    ("locality_test.py", ["10", "1", "x"]),
 ])
 def test_bad_command_lines_get_usage_and_exit_2(script, args):
     result = run_script(script, *args)

@@ -13,6 +13,7 @@ import numpy as np
 
 from .cifar10 import TooFewImagesError, load_cifar10
 from .cli import UsageError
+from .im2col import backend as im2col_backend
 from .metrics import MetricsLog, rss_mb
 from .progress import NoProgress, Progress
 from .settings import Settings
@@ -71,7 +72,7 @@ def train(kind, args, out=sys.stdout):
     with open_network(kind, settings, args, path if args.resume else None, **options) as net:
         print(f"training {kind} CNN on {args.images} images of {settings.data_dir}: "
               f"{args.iterations} iterations of {minibatch} images, from iteration "
-              f"{net.iteration}", file=out)
+              f"{net.iteration} (im2col back end here: {im2col_backend()})", file=out)
         for _ in range(args.iterations):
             index = batch_indices(net.iteration, minibatch, args.images)
             progress = (Progress(minibatch, f"iteration {net.iteration + 1}")

@@ -72,8 +72,6 @@ __all__ = [
     "decode_array",
     "encode_header",
     "parse_redis_addresses",
-    "store_from_env",
-    "close_all_connections",
 ]
 
 log = logging.getLogger(__name__)
@@ -348,25 +346,6 @@ def _redis_client(address: str):
                 client = redis.Redis(host=host.strip("[]"), port=int(port), **common)
             _REDIS_CLIENTS[address] = client
     return client
-
-
-def close_all_connections() -> None:
-    """Close every cached Redis/WebHDFS connection of this process."""
-    with _REDIS_LOCK:
-        clients = list(_REDIS_CLIENTS.values())
-        _REDIS_CLIENTS.clear()
-        hdfs_clients = list(_HDFS_CLIENTS.values())
-        _HDFS_CLIENTS.clear()
-    for c in clients:
-        try:
-            c.close()
-        except Exception:  # noqa: BLE001 - best effort
-            pass
-    for c in hdfs_clients:
-        try:
-            c._session.close()
-        except Exception:  # noqa: BLE001 - best effort
-            pass
 
 
 def _reason(exc: BaseException) -> str:
@@ -809,29 +788,3 @@ class HdfsStore(ArrayStore):
         """Remove the namespace folder recursively; returns 1 if it existed, else 0."""
         return int(bool(self._call(f"deleting {self.base}", self._client.delete,
                                    self.base, recursive=True)))
-
-
-# ---------------------------------------------------------------------------
-# configuration from the environment
-
-
-def store_from_env(backend: str, namespace: str, env=None, **kwargs) -> ArrayStore:
-    """Build a store from the variables ``scripts/services.sh start`` exports.
-
-    ``backend`` is ``"redis"`` (uses SPARK_CNN_REDIS) or ``"hdfs"`` (uses
-    SPARK_CNN_WEBHDFS, SPARK_CNN_HDFS_USER, SPARK_CNN_HDFS_ROOT).
-    """
-    env = os.environ if env is None else env
-
-    def need(name: str) -> str:
-        value = env.get(name)
-        if not value:
-            raise StoreError(f"{name} is not set; run: eval \"$(scripts/services.sh start)\"")
-        return value
-
-    if backend == "redis":
-        return RedisStore(parse_redis_addresses(need("SPARK_CNN_REDIS")), namespace, **kwargs)
-    if backend == "hdfs":
-        return HdfsStore(need("SPARK_CNN_WEBHDFS"), env.get("SPARK_CNN_HDFS_USER") or "root",
-                         env.get("SPARK_CNN_HDFS_ROOT") or "/spark-cnn", namespace, **kwargs)
-    raise ValueError(f"unknown store backend {backend!r}: use 'redis' or 'hdfs'")

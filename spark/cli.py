@@ -4,6 +4,7 @@ Exit codes: 0 done, 1 the run failed (message says why), 2 bad command line
 (usage printed), 130 interrupted. A traceback is shown only with --debug.
 """
 import argparse
+import re
 import sys
 import traceback
 
@@ -104,6 +105,23 @@ def test_parser(prog, distributed, split):
     return parser
 
 
+_PYTHON_ERROR = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$")
+
+
+def one_line(error):
+    """A failure in one line. A Spark job failure carries the Python worker's
+    traceback inside a Java one: report the worker's own error line."""
+    text = str(error).strip() or type(error).__name__
+    lines = text.splitlines()
+    if len(lines) > 1:
+        raised = [m for m in map(_PYTHON_ERROR.match, lines) if m]
+        if raised:
+            name, message = raised[-1].groups()
+            return f"{message} ({name.rsplit('.', 1)[-1]} in a Spark task)"
+        return lines[0]
+    return text
+
+
 def run(main, parser, argv=None):
     """Parse `argv`, call `main(args)`, and turn failures into one line and an exit code."""
     args = parser.parse_args(argv)
@@ -119,7 +137,6 @@ def run(main, parser, argv=None):
     except Exception as e:  # noqa: BLE001 - every failure becomes one readable line
         if args.debug:
             traceback.print_exc()
-        message = str(e) or type(e).__name__
-        print(f"{parser.prog}: error: {message}", file=sys.stderr)
+        print(f"{parser.prog}: error: {one_line(e)}", file=sys.stderr)
         return 1
     return 0

@@ -106,9 +106,12 @@ class SparkCNN(CNN):
                                  .reduce(add_results))
             t4 = time.perf_counter()
             dscores_bc.unpersist()
+        except BaseException:
+            self.clear_quietly()
+            raise
         finally:
             state_bc.unpersist()
-            self.clear_intermediates()
+        self.clear_intermediates()
         if progress is not None:
             progress.update(n)
         stats = functools.reduce(add_results, [({}, r[2]) for r in forward])[1]
@@ -146,6 +149,13 @@ class SparkCNN(CNN):
     def clear_intermediates(self):
         """Delete every matrix and marker this run has stored (safe to call twice)."""
         clear_run(self.exchange)
+
+    def clear_quietly(self):
+        """clear_intermediates while another error is on its way: that error is the one to report."""
+        try:
+            self.clear_intermediates()
+        except Exception:  # noqa: BLE001
+            pass
 
     def close(self):
         self.clear_intermediates()

@@ -5,9 +5,12 @@ import os
 BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def spark_conf(app_name):
+def spark_conf(app_name, debug=False):
     """SparkConf for a run: spark-submit's settings win; local[*] if no master was given.
 
+    Spark's own log is limited to FATAL unless `debug` (or set by
+    SPARK_CNN_SPARK_LOG_LEVEL / spark.log.level): a failed run ends with our
+    one-line error, and --debug shows everything.
     Each Python worker's BLAS gets as many threads as a task has cores
     (spark.task.cpus), so concurrent tasks do not oversubscribe the machine.
     """
@@ -19,7 +22,8 @@ def spark_conf(app_name):
     if not conf.contains("spark.ui.showConsoleProgress"):
         conf.set("spark.ui.showConsoleProgress", "false")    # our own lines say where a run is
     if not conf.contains("spark.log.level"):
-        conf.set("spark.log.level", os.environ.get("SPARK_CNN_SPARK_LOG_LEVEL", "WARN"))
+        default = "WARN" if debug else "FATAL"
+        conf.set("spark.log.level", os.environ.get("SPARK_CNN_SPARK_LOG_LEVEL", default))
     cpus = conf.get("spark.task.cpus", "1")
     for variable in BLAS_THREAD_VARIABLES:
         key = f"spark.executorEnv.{variable}"
@@ -33,11 +37,11 @@ def spark_conf(app_name):
 
 
 @contextlib.contextmanager
-def spark_context(app_name):
+def spark_context(app_name, debug=False):
     """A SparkContext that is always stopped."""
     from pyspark import SparkContext
 
-    sc = SparkContext.getOrCreate(spark_conf(app_name))
+    sc = SparkContext.getOrCreate(spark_conf(app_name, debug))
     try:
         yield sc
     finally:
@@ -59,10 +63,12 @@ def spark_network(kind, settings, args, checkpoint=None, **options):
     """A SparkCNN or LocalityCNN on a fresh SparkContext; its intermediates are
     deleted and Spark stopped on the way out, also after a failure."""
     cls = network_class(kind)
-    with spark_context(f"spark-cnn {kind}") as sc:
+    with spark_context(f"spark-cnn {kind}", getattr(args, "debug", False)) as sc:
         extra = dict(sc=sc, settings=settings, batches=args.batches)
         net = cls.load(checkpoint, **extra, **options) if checkpoint else cls(**extra, **options)
         try:
             yield net
-        finally:
-            net.close()
+        except BaseException:
+            net.clear_quietly()
+            raise
+        net.close()

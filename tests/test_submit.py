@@ -67,3 +67,24 @@ def test_spark_submit_trains_and_evaluates_from_the_egg(kind, egg, synthetic_dir
                   else redis.Redis(host=address.rsplit(":", 1)[0], port=int(address.rsplit(":", 1)[1])))
         assert list(client.scan_iter(match="spark-cnn:*", count=1000)) == []
         client.close()
+
+
+def test_unreachable_redis_fails_with_one_line_and_leaves_nothing(egg, synthetic_dir, service_env,
+                                                                   tmp_path):
+    root = f"/spark-cnn-submit-{uuid.uuid4().hex[:8]}"
+    env = dict(os.environ, **service_env)
+    env.update(SPARK_CNN_HDFS_ROOT=root, SPARK_CNN_REDIS="127.0.0.1:1",   # nothing listens there
+               SPARK_CNN_DATA_DIR=synthetic_dir, SPARK_CNN_PARAMS_DIR=str(tmp_path / "params"),
+               PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable,
+               XDG_CACHE_HOME=str(tmp_path / "cache"),
+               SPARK_LOCAL_IP=os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"))
+    env.pop("PYTHONPATH", None)
+    result = submit(egg, "locality_train.py", [40, 1, 2], env, tmp_path)
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    errors = [line for line in output.splitlines() if line.startswith("locality_train.py: error:")]
+    assert len(errors) == 1 and "cannot reach Redis at 127.0.0.1:1" in errors[0], output[-3000:]
+    assert "Traceback" not in output
+    assert not (tmp_path / "params" / "locality.npz").exists()
+    hdfs = InsecureClient(service_env["SPARK_CNN_WEBHDFS"], user=service_env["SPARK_CNN_HDFS_USER"])
+    assert hdfs.status(root, strict=False) is None or hdfs.list(root) == []

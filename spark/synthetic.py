@@ -7,7 +7,7 @@ protocol-2 pickles of dicts with ``data`` (uint8, N x 3072: red plane, green, bl
 row-major), ``labels`` (list of ints), ``batch_label`` and ``filenames``, and a meta dict with
 ``label_names``, ``num_cases_per_batch`` and ``num_vis``. The pickles use the same opcodes as the
 official (Python 2) files, so anything that reads CIFAR-10 reads these the same way:
-``pickle.load(f, encoding='latin1')`` gives str keys, ``encoding='bytes'`` gives bytes keys, and
+a standard pickle reader with ``encoding='latin1'`` gives str keys, ``encoding='bytes'`` gives bytes keys, and
 the only globals are ``numpy.core.multiarray._reconstruct``, ``numpy.ndarray`` and
 ``numpy.dtype``, as ``spark.cifar10.load_cifar10``'s restricted unpickler allows.
 

@@ -77,6 +77,14 @@ class SparkCNN(CNN):
     def _describe(self, stage):
         self.sc.setJobDescription(f"spark-cnn {self.store_kind} iteration {self.iteration + 1}: {stage}")
 
+    def _batch_stage(self, stage, task, job, images_bc, state_bc, items):
+        """One task per (batch, offset, count) item -> the tasks' results in batch order."""
+        self._describe(stage)
+        results = (self.sc.parallelize(items, len(items))
+                   .map(functools.partial(task, job, images_bc, state_bc))
+                   .collect())
+        return sorted(results, key=lambda r: r[0])
+
     def loss_and_gradients(self, images, labels, index=None, progress=None):
         n = len(labels) if index is None else len(index)
         index = np.arange(n) if index is None else np.asarray(index)
@@ -87,11 +95,7 @@ class SparkCNN(CNN):
         state_bc = self.sc.broadcast({"params": self.params(), "index": index})
         t1 = time.perf_counter()
         try:
-            self._describe("forward")
-            forward = (self.sc.parallelize(items, len(items))
-                       .map(functools.partial(forward_task, job, images_bc, state_bc))
-                       .collect())
-            forward.sort(key=lambda r: r[0])
+            forward = self._batch_stage("forward", forward_task, job, images_bc, state_bc, items)
             scores = np.concatenate([r[1] for r in forward])                # (N, K)
             loss, dscores = softmax_loss(scores, labels[index])
             t2 = time.perf_counter()
@@ -135,13 +139,10 @@ class SparkCNN(CNN):
         images_bc = self._broadcast_images(images)
         state_bc = self.sc.broadcast({"params": self.params(), "index": np.arange(len(images))})
         try:
-            self._describe("predict")
-            results = (self.sc.parallelize(items, len(items))
-                       .map(functools.partial(predict_task, self.job(), images_bc, state_bc))
-                       .collect())
+            results = self._batch_stage("predict", predict_task, self.job(), images_bc, state_bc,
+                                        items)
         finally:
             state_bc.unpersist()
-        results.sort(key=lambda r: r[0])
         if progress is not None:
             progress.update(len(images))
         return np.concatenate([r[1] for r in results])

@@ -101,7 +101,7 @@ def forward_task(job, images_bc, state_bc, item):
             written += store.put(key, array)
             keys.append([layer, name, key])
     marker = encode_marker({"batch": batch, "offset": offset, "count": count, "keys": keys,
-                            "inputs": input_entries, "stored_at": getattr(store, "local_address", None)})
+                            "inputs": input_entries})
     open_marker_store(job.exchange).write_text(f"{marker_folder(job.iteration)}/batch-{batch:05d}",
                                                marker)
     stats = {"task_forward_s": computed - started, "store_write_s": time.perf_counter() - computed,

@@ -14,9 +14,14 @@ def spark_conf(app_name, debug=False):
     Each Python worker's BLAS gets as many threads as a task has cores
     (spark.task.cpus), so concurrent tasks do not oversubscribe the machine.
     """
-    from pyspark import SparkConf
+    from pyspark import SparkConf, SparkContext
 
-    conf = SparkConf().setAppName(app_name)
+    # Start Spark's JVM first: only then does SparkConf see what spark-submit,
+    # spark-defaults.conf or PYSPARK_SUBMIT_ARGS set (spark.master among them).
+    SparkContext._ensure_initialized()
+    conf = SparkConf()
+    if not conf.contains("spark.app.name"):
+        conf.setAppName(app_name)
     if not conf.contains("spark.master"):
         conf.setMaster("local[*]")
     if not conf.contains("spark.ui.showConsoleProgress"):

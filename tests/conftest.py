@@ -22,6 +22,22 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# Fixtures that reach the servers of scripts/services.sh: a test using one of
+# them (directly or through another fixture) is in the "services" tier.
+SERVICE_FIXTURES = {"service_env", "redis_addresses", "hdfs_settings"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Put every test in one tier: cluster (marked by hand), services, or quick."""
+    for item in items:
+        if item.get_closest_marker("cluster"):
+            continue
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.services)
+        else:
+            item.add_marker(pytest.mark.quick)
+
+
 _ENV_NAMES = ("SPARK_CNN_REDIS", "SPARK_CNN_WEBHDFS", "SPARK_CNN_HDFS",
               "SPARK_CNN_HDFS_USER", "SPARK_CNN_HDFS_ROOT")
 

@@ -1,21 +1,37 @@
 """Saving and reloading parameters as .npz files, never as pickles.
 
 A checkpoint holds named arrays (parameters and velocities) plus a JSON string
-of metadata (network shape, iteration, optimiser settings). It is written to a
-temporary file in the same folder and renamed over the target, so a crash
-mid-write leaves the previous checkpoint whole.
+of metadata (network shape, iteration, optimiser settings, the run's settings).
+It is written to a temporary file in the same folder and renamed over the
+target, so a crash mid-write leaves the previous checkpoint whole. The
+temporary file's name carries the writer's process id and host
+(`.tmp-<pid>-<host>-<random>.npz`), so a later run can tell the leftovers of a
+killed writer from a file that a live run is writing (`remove_stale_temporaries`).
 """
 import json
 import os
+import re
+import socket
 import tempfile
+import time
 
 import numpy as np
 
 FORMAT = "spark-cnn-checkpoint/1"
 
+# A temporary file whose writer cannot be checked (another host, an older
+# name without a pid) is taken as abandoned once it is this old, in seconds:
+# a live writer renames its file within moments of creating it.
+STALE_AFTER = 3600
+_TMP_NAME = re.compile(r"^\.tmp-(?:(\d+)-([A-Za-z0-9._]*)-)?[A-Za-z0-9_]+\.npz$")
+
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable or not one of ours."""
+
+
+def _host():
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:64]
 
 
 def save_checkpoint(path, arrays, meta):
@@ -24,7 +40,7 @@ def save_checkpoint(path, arrays, meta):
     os.makedirs(folder, exist_ok=True)
     payload = {f"a/{name}": np.ascontiguousarray(a) for name, a in arrays.items()}
     payload["meta"] = np.array(json.dumps(dict(meta, format=FORMAT), sort_keys=True))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-{_host()}-", suffix=".npz", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **payload)
@@ -37,17 +53,82 @@ def save_checkpoint(path, arrays, meta):
         raise
 
 
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:          # someone else's process: alive
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder, now=None):
+    """Delete the `.tmp-*.npz` files a killed saver left in `folder` -> their paths.
+
+    A file is removed when its writer (pid in the name, on this host) is gone,
+    or, when the writer cannot be checked, when it is older than STALE_AFTER.
+    A file being written by a live run is never touched.
+    """
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    host = _host()
+    for name in names:
+        match = _TMP_NAME.match(name)
+        if not match:
+            continue
+        path = os.path.join(folder, name)
+        pid, writer_host = match.group(1), match.group(2)
+        if pid is not None and writer_host == host:
+            stale = int(pid) != os.getpid() and not _process_alive(int(pid))
+        else:
+            try:
+                stale = now - os.stat(path).st_mtime > STALE_AFTER
+            except FileNotFoundError:
+                continue
+        if stale:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            removed.append(path)
+    return removed
+
+
 def load_checkpoint(path):
-    """Read a checkpoint written by `save_checkpoint` -> (arrays, meta)."""
+    """Read a checkpoint written by `save_checkpoint` -> (arrays, meta).
+
+    Every failure is a CheckpointError whose message names `path`."""
+    path = os.fspath(path)
     if not os.path.exists(path):
         raise CheckpointError(f"no saved parameters at {path}: train first, "
                               "or point --params-dir / SPARK_CNN_PARAMS_DIR at them")
     try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic != b"PK\x03\x04":      # np.load would try (and refuse) a pickle
+            reason = "the file is empty" if not magic else "not an .npz (zip) archive"
+            raise CheckpointError(f"{path} is not a readable spark-cnn checkpoint "
+                                  f"(damaged or not ours: {reason})")
         with np.load(path, allow_pickle=False) as npz:
+            if "meta" not in npz.files:
+                raise CheckpointError(f"{path} is not a spark-cnn checkpoint (it holds no metadata)")
             meta = json.loads(str(npz["meta"]))
             arrays = {k[2:]: npz[k] for k in npz.files if k.startswith("a/")}
-    except (OSError, ValueError, KeyError) as e:
-        raise CheckpointError(f"{path} is not a readable spark-cnn checkpoint ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a spark-cnn checkpoint (format {meta.get('format')!r})")
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - zip, CRC, EOF, JSON, pickle refusal...: all say the path
+        if isinstance(e, OSError) and e.strerror:
+            reason = e.strerror
+        else:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is not a readable spark-cnn checkpoint "
+                              f"(damaged or not ours: {reason})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise CheckpointError(f"{path} is not a spark-cnn checkpoint (format {found!r})")
     return arrays, meta

@@ -98,6 +98,9 @@ class CNN:
         self.num_classes = self.layers[-1].out_shape[0]
         self.velocity = {name: np.zeros_like(p) for name, p in self.params().items()}
         self.iteration = 0
+        # What the run that trains this network was asked for (images, minibatch, ...):
+        # saved with the checkpoint so that --resume continues the same run.
+        self.run_info = {}
 
     # ----- parameters -------------------------------------------------------
     def params(self):
@@ -251,27 +254,57 @@ class CNN:
                     lr=self.lr, momentum=self.momentum, reg=self.reg, seed=self.seed)
 
     def save(self, path):
-        """Atomically write parameters, velocities, iteration and network shape to `path`."""
+        """Atomically write parameters, velocities, iteration, network shape and
+        the run's settings (`run_info`) to `path`."""
         arrays = {f"param/{k}": v for k, v in self.params().items()}
         arrays.update({f"velocity/{k}": v for k, v in self.velocity.items()})
-        save_checkpoint(path, arrays, dict(self.settings(), iteration=self.iteration))
+        save_checkpoint(path, arrays, dict(self.settings(), iteration=self.iteration,
+                                           run=dict(self.run_info)))
 
     @classmethod
     def load(cls, path, **overrides):
-        """A network rebuilt from a checkpoint; `overrides` replace saved settings (e.g. lr)."""
+        """A network rebuilt from a checkpoint; `overrides` replace saved settings (e.g. lr).
+
+        Anything wrong with the file (damaged, another format, parameters that do
+        not fit its network, NaN or infinite values) is a CheckpointError naming `path`.
+        """
         arrays, meta = load_checkpoint(path)
         settings = {k: meta[k] for k in ("arch", "input_shape", "dtype", "lr", "momentum",
                                          "reg", "seed") if k in meta}
         settings.update({k: v for k, v in overrides.items() if v is not None})
         try:
+            for key in ("lr", "momentum", "reg"):
+                value = settings.get(key, 0.0)
+                if not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+                    raise ValueError(f"{key} is {value!r}, not a finite number of at least 0")
+            iteration = meta.get("iteration", 0)
+            if not isinstance(iteration, int) or isinstance(iteration, bool) or iteration < 0:
+                raise ValueError(f"iteration is {iteration!r}, not a whole number of at least 0")
+            run_info = meta.get("run") or {}
+            if not isinstance(run_info, dict):
+                raise ValueError(f"run settings are {run_info!r}, not a mapping")
             net = cls(**settings)
             net.set_params({k[6:]: v for k, v in arrays.items() if k.startswith("param/")})
             velocity = {k[9:]: v for k, v in arrays.items() if k.startswith("velocity/")}
             if set(velocity) != set(net.velocity):
                 raise ValueError("velocities do not match the parameters")
             for name, v in velocity.items():
+                if net.velocity[name].shape != v.shape:
+                    raise ValueError(f"velocity {name}: shape {v.shape}, "
+                                     f"expected {net.velocity[name].shape}")
                 net.velocity[name][...] = v
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{path} does not describe a usable network: {e}") from None
-        net.iteration = int(meta.get("iteration", 0))
+        for group, values in (("parameter", net.params()), ("velocity", net.velocity)):
+            for name, value in values.items():
+                if not np.all(np.isfinite(value)):
+                    raise CheckpointError(
+                        f"{path} holds NaN or infinite values ({group} {name}): the run it "
+                        "comes from diverged or the file is damaged; start afresh without --resume")
+        net.iteration = iteration
+        net.run_info = dict(run_info)
         return net
+
+    def describe_input(self):
+        """The per-image input shape in words, e.g. '32x32x3'."""
+        return "x".join(str(s) for s in self.input_shape)

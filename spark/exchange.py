@@ -1,20 +1,18 @@
 """Where a Spark run keeps the matrices its forward stage leaves for its backward stage.
 
 `ExchangeConfig` is a small picklable description that travels to the
-executors; `open_matrix_store` and `open_marker_store` turn it into the stores
-of `spark.store` inside a task. Keys and paths live under the run's id, so runs
-sharing a Redis or an HDFS never collide, and `clear_run` removes all of a run.
+executors; `open_matrix_store` turns it into the store of `spark.store` inside
+a task: HDFS files (kind "hdfs") or the Redis server of the task's own node
+(kind "redis"). Keys and paths live under the run's id, so runs sharing a
+Redis or an HDFS never collide, and `clear_run` removes all of a run.
 """
-import json
+import functools
+import ipaddress
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from .store import HdfsStore, RedisStore, parse_redis_addresses
-
-# Marker files are padded to this many bytes: equal sizes make
-# sc.wholeTextFiles give every marker (every batch) its own partition.
-MARKER_BYTES = 4096
+from .store import DEFAULT_TIMEOUT, HdfsStore, RedisStore, parse_redis_addresses
 
 
 @dataclass(frozen=True)
@@ -24,29 +22,46 @@ class ExchangeConfig:
     kind: str            # "hdfs" or "redis": where the matrices go
     run_id: str
     webhdfs: str
-    hdfs: str
     hdfs_user: str
     hdfs_root: str
     redis: tuple = ()
+    io_timeout: float = DEFAULT_TIMEOUT
+    # Travels inside the tasks' closures: never in Spark's UI, logs or environment.
+    redis_password: str = field(default=None, repr=False)
 
-    def marker_url(self, folder):
-        """hdfs:// URL of a folder of marker files, for sc.wholeTextFiles."""
-        return self.hdfs.rstrip("/") + open_marker_store(self).hdfs_path(folder)
 
+@functools.lru_cache(maxsize=256)
+def is_local_host(host):
+    """Whether `host` (a name or an address) is this machine, as seen from this network namespace.
 
-def _is_local(address):
-    """Whether a Redis address names this machine (a unix socket here, loopback, our name)."""
-    if address.startswith("unix://"):
-        return os.path.exists(address[len("unix://"):])
-    host = address.rsplit(":", 1)[0].strip("[]")
-    if host in ("localhost", "::1") or host.startswith("127."):
-        return True
+    An address is ours if we can bind a socket to it: true for loopback and
+    for the addresses of our own interfaces, whatever the (shared) host name says.
+    """
     try:
-        names = {socket.gethostname(), socket.getfqdn()}
-        mine = {socket.gethostbyname(n) for n in names}
+        infos = socket.getaddrinfo(host.strip("[]"), None, type=socket.SOCK_STREAM)
     except OSError:
         return False
-    return host in names or host in mine
+    for family, _, _, _, sockaddr in infos:
+        ip = sockaddr[0]
+        if ipaddress.ip_address(ip.split("%")[0]).is_loopback:
+            return True
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((ip, 0))
+                return True
+            except OSError:
+                continue
+    return False
+
+
+def address_is_local(address):
+    """Whether `address` (unix:///path, host:port, [v6]:port or a bare host) is on this node."""
+    if address.startswith("unix://"):
+        return os.path.exists(address[len("unix://"):])
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or (host.count(":") and not host.startswith("[")):
+        host = address                              # a bare host name or IPv6 address
+    return is_local_host(host.strip("[]"))
 
 
 def local_first(addresses):
@@ -55,44 +70,38 @@ def local_first(addresses):
     One SPARK_CNN_REDIS list serves every node of a cluster: each task puts its
     matrices into the server on its own machine and reads there first.
     """
-    local = [a for a in addresses if _is_local(a)]
+    local = [a for a in addresses if address_is_local(a)]
     return local + [a for a in addresses if a not in local]
 
 
 def open_matrix_store(config):
     """The store for layer matrices: HDFS files or the local node's Redis."""
     if config.kind == "redis":
-        return RedisStore(local_first(list(config.redis)), namespace=config.run_id)
+        return redis_store(config, local_first(list(config.redis)))
     if config.kind == "hdfs":
-        return open_marker_store(config)
+        return hdfs_store(config)
     raise ValueError(f"unknown matrix store {config.kind!r} (use hdfs or redis)")
 
 
-def open_marker_store(config):
-    """The HDFS store that holds the run's marker files (and, for kind hdfs, its matrices)."""
-    return HdfsStore(config.webhdfs, config.hdfs_user, config.hdfs_root, namespace=config.run_id)
+def hdfs_store(config):
+    """The run's folder in HDFS."""
+    return HdfsStore(config.webhdfs, config.hdfs_user, config.hdfs_root, namespace=config.run_id,
+                     timeout=config.io_timeout)
+
+
+def redis_store(config, addresses=None, namespace=None):
+    """A RedisStore on the run's servers (or `addresses`) under the run's (or another) namespace."""
+    return RedisStore(list(addresses or config.redis), namespace=namespace or config.run_id,
+                      password=config.redis_password, timeout=config.io_timeout)
 
 
 def exchange_config(kind, run_id, settings):
     redis = tuple(parse_redis_addresses(settings.redis)) if kind == "redis" else ()
-    return ExchangeConfig(kind=kind, run_id=run_id, webhdfs=settings.webhdfs, hdfs=settings.hdfs,
-                          hdfs_user=settings.hdfs_user, hdfs_root=settings.hdfs_root, redis=redis)
-
-
-def encode_marker(record):
-    """A marker record (JSON-ready dict) as text padded to MARKER_BYTES."""
-    text = json.dumps(record, sort_keys=True)
-    if len(text) >= MARKER_BYTES:
-        raise ValueError(f"marker of {len(text)} bytes exceeds {MARKER_BYTES}")
-    return text + " " * (MARKER_BYTES - len(text))
-
-
-def decode_marker(text):
-    return json.loads(text)
+    return ExchangeConfig(kind=kind, run_id=run_id, webhdfs=settings.webhdfs,
+                          hdfs_user=settings.hdfs_user, hdfs_root=settings.hdfs_root, redis=redis,
+                          io_timeout=settings.io_timeout, redis_password=settings.redis_password)
 
 
 def clear_run(config):
-    """Delete every matrix and marker of the run (idempotent)."""
-    open_marker_store(config).delete_all()
-    if config.kind == "redis":
-        RedisStore(list(config.redis), namespace=config.run_id).delete_all()
+    """Delete every matrix of the run (idempotent)."""
+    open_matrix_store(config).delete_all()

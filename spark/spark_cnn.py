@@ -3,30 +3,37 @@
 One iteration, with B batches (one Spark task per batch):
 1. broadcast the parameters and the iteration's image index;
 2. forward stage: each task runs its batch forward, writes what the backward
-   pass needs to the matrix store and a marker file to HDFS, and returns its
-   scores;
+   pass needs to the matrix store, and returns its scores and a record of
+   the batch (the keys of its matrices, the node it ran on);
 3. the driver computes the softmax loss and its gradient over all scores and
    broadcasts the gradient;
-4. backward stage: an RDD built from the marker files with sc.wholeTextFiles,
-   one partition per batch, so Spark prefers the node that holds each batch's
-   files; each task reads its matrices and returns weight gradients, summed
-   by a reduce;
-5. the driver updates the weights; the iteration's matrices and markers are
-   deleted.
+4. backward stage: one task per batch record, placed by Spark on the node
+   that ran the batch's forward task (a location preference), so it reads
+   its matrices where they were written; a task whose matrices are gone
+   recomputes them; the gradients are summed by a reduce;
+5. the driver updates the weights; the iteration's matrices are deleted.
 
 The images are broadcast once per run as uint8. The first layer's input is
-never stored: backward tasks rebuild it from the broadcast images.
+never stored: backward tasks rebuild it from the broadcast images. While the
+run stores anything it keeps a heartbeat (spark/runs.py), and its first
+iteration removes what runs whose driver died left behind.
 """
 import functools
+import logging
+import sys
 import time
 import uuid
 
 import numpy as np
 
 from .cnn import CNN
-from .exchange import clear_run, exchange_config
+from .exchange import clear_run, exchange_config, open_matrix_store
 from .loss import softmax_loss
-from .tasks import Job, add_results, backward_task, forward_task, marker_folder, predict_task
+from .runs import Heartbeat, remove_dead_runs
+from .spark_context import cancel_and_wait, executor_hosts, located_rdd
+from .tasks import Job, add_results, add_stats, backward_task, forward_task, predict_task
+
+log = logging.getLogger(__name__)
 
 
 def new_run_id():
@@ -60,12 +67,14 @@ class SparkCNN(CNN):
         self.run_id = run_id or new_run_id()
         self.exchange = exchange_config(self.store_kind, self.run_id, settings)
         self._images = None              # (the array broadcast, its broadcast)
+        self._heartbeat = None
         self.im2col_backends = set()
 
     def job(self):
         network = dict(arch=self.arch, input_shape=list(self.input_shape),
                        dtype=self.dtype.name, chunk=self.chunk)
-        return Job(network=network, exchange=self.exchange, iteration=self.iteration)
+        return Job(network=network, exchange=self.exchange, iteration=self.iteration,
+                   driver_host=self.sc.getConf().get("spark.driver.host", ""))
 
     def _broadcast_images(self, images):
         if self._images is None or self._images[0] is not images:
@@ -74,21 +83,51 @@ class SparkCNN(CNN):
             self._images = (images, self.sc.broadcast(np.ascontiguousarray(images)))
         return self._images[1]
 
-    def _describe(self, stage):
-        self.sc.setJobDescription(f"spark-cnn {self.store_kind} iteration {self.iteration + 1}: {stage}")
+    def _start_storing(self):
+        """Before the run's first stored matrix: check the servers, start the
+        heartbeat, remove what dead runs left behind."""
+        if self._heartbeat is not None:
+            return
+        store = open_matrix_store(self.exchange)
+        if hasattr(store, "check"):
+            store.check()                    # a server down now: say which, before Spark starts
+        self._heartbeat = Heartbeat(self.exchange).start()
+        for run_id in remove_dead_runs(self.exchange):
+            print(f"spark-cnn: removed what run {run_id} left in {self.store_kind} "
+                  "(its driver is gone)", file=sys.stderr)
+
+    def _run_stage(self, stage, action):
+        """Run `action()` (one Spark job) named after the iteration and stage.
+
+        A failed job is cancelled and its running tasks waited for, so that no
+        task writes after the clean-up that follows.
+        """
+        group = f"{self.run_id}-{self.iteration + 1}-{stage}"
+        self.sc.setJobGroup(group, f"spark-cnn {self.store_kind} iteration {self.iteration + 1}: "
+                                   f"{stage}", interruptOnCancel=True)
+        try:
+            return action()
+        except BaseException:
+            cancel_and_wait(self.sc, group, 2 * self.exchange.io_timeout)
+            raise
 
     def _batch_stage(self, stage, task, job, images_bc, state_bc, items):
         """One task per (batch, offset, count) item -> the tasks' results in batch order."""
-        self._describe(stage)
-        results = (self.sc.parallelize(items, len(items))
-                   .map(functools.partial(task, job, images_bc, state_bc))
-                   .collect())
-        return sorted(results, key=lambda r: r[0])
+        rdd = self.sc.parallelize(items, len(items)).map(
+            functools.partial(task, job, images_bc, state_bc))
+        results = self._run_stage(stage, rdd.collect)
+        return sorted(results, key=lambda r: r[0] if isinstance(r, tuple) else r.batch)
+
+    def _preferred_hosts(self, records):
+        """For each batch record, the executor host that ran its forward task (None if unknown)."""
+        known = executor_hosts(self.sc)
+        return [next((h for h in record.hosts if h in known), None) for record in records]
 
     def loss_and_gradients(self, images, labels, index=None, progress=None):
         n = len(labels) if index is None else len(index)
         index = np.arange(n) if index is None else np.asarray(index)
         items = split_batches(n, self.batches)
+        self._start_storing()
         job = self.job()
         t0 = time.perf_counter()
         images_bc = self._broadcast_images(images)
@@ -96,18 +135,17 @@ class SparkCNN(CNN):
         t1 = time.perf_counter()
         try:
             forward = self._batch_stage("forward", forward_task, job, images_bc, state_bc, items)
-            scores = np.concatenate([r[1] for r in forward])                # (N, K)
+            scores = np.concatenate([r.scores for r in forward])                # (N, K)
             loss, dscores = softmax_loss(scores, labels[index])
             t2 = time.perf_counter()
             dscores_bc = self.sc.broadcast(dscores)
             t3 = time.perf_counter()
-            self._describe("backward")
-            markers = self.sc.wholeTextFiles(self.exchange.marker_url(marker_folder(self.iteration)),
-                                             minPartitions=len(items))
-            grads, back_stats = (markers
-                                 .map(functools.partial(backward_task, job, images_bc, state_bc,
-                                                        dscores_bc))
-                                 .reduce(add_results))
+            records = [r.record for r in forward]
+            placed = located_rdd(self.sc, list(zip([r.to_json() for r in records],
+                                                   self._preferred_hosts(records))))
+            backward = self._run_stage("backward", lambda: placed.map(
+                functools.partial(backward_task, job, images_bc, state_bc, dscores_bc))
+                .reduce(add_results))
             t4 = time.perf_counter()
             dscores_bc.unpersist()
         except BaseException:
@@ -118,21 +156,26 @@ class SparkCNN(CNN):
         self.clear_intermediates()
         if progress is not None:
             progress.update(n)
-        stats = functools.reduce(add_results, [({}, r[2]) for r in forward])[1]
-        self.im2col_backends |= set(stats["im2col"]) | set(back_stats["im2col"])
+        stats = functools.reduce(add_stats, [r.stats for r in forward])
+        back = backward.stats
+        self.im2col_backends |= set(stats["im2col"]) | set(back["im2col"])
         timings = {
             "forward_s": t2 - t1,
             "backward_s": t4 - t3,
             "broadcast_s": (t1 - t0) + (t3 - t2),
             "store_write_s": stats["store_write_s"],
-            "store_read_s": back_stats["store_read_s"],
+            "store_read_s": back["store_read_s"],
             "store_bytes": stats["store_bytes"],
             "task_forward_s": stats["task_forward_s"],
-            "task_backward_s": back_stats["task_backward_s"],
-            "backward_partitions": markers.getNumPartitions(),
+            "task_backward_s": back["task_backward_s"],
+            "backward_partitions": placed.getNumPartitions(),
+            "backward_reads_local": back["backward_reads_local"],
+            "backward_reads_remote": back["backward_reads_remote"],
+            "backward_hosts": sorted(set(back["backward_hosts"])),
+            "recomputed_batches": back["recomputed_batches"],
             "im2col": sorted(self.im2col_backends),
         }
-        return loss, grads, timings
+        return loss, backward.grads, timings
 
     def predict_scores(self, images, progress=None):
         items = split_batches(len(images), self.batches)
@@ -148,7 +191,7 @@ class SparkCNN(CNN):
         return np.concatenate([r[1] for r in results])
 
     def clear_intermediates(self):
-        """Delete every matrix and marker this run has stored (safe to call twice)."""
+        """Delete every matrix this run has stored (safe to call twice)."""
         clear_run(self.exchange)
 
     def clear_quietly(self):
@@ -158,8 +201,18 @@ class SparkCNN(CNN):
         except Exception:  # noqa: BLE001
             pass
 
-    def close(self):
-        self.clear_intermediates()
-        if self._images is not None:
-            self._images[1].unpersist()
-            self._images = None
+    def close(self, quietly=False):
+        """Delete the run's matrices, stop its heartbeat, drop its broadcasts.
+        quietly: while another error is on its way (clean-up errors are not reported)."""
+        try:
+            if quietly:
+                self.clear_quietly()
+            else:
+                self.clear_intermediates()
+        finally:
+            if self._heartbeat is not None:
+                self._heartbeat.stop()
+                self._heartbeat = None
+            if self._images is not None:
+                self._images[1].unpersist()
+                self._images = None

@@ -34,10 +34,6 @@ def spark_conf(app_name, debug=False):
         key = f"spark.executorEnv.{variable}"
         if not conf.contains(key):
             conf.set(key, cpus)
-    # sc.wholeTextFiles packs small files into one partition unless opening a
-    # file is priced low: each marker file (batch) must get its own partition.
-    if not conf.contains("spark.files.openCostInBytes"):
-        conf.set("spark.files.openCostInBytes", "1")
     return conf
 
 
@@ -74,6 +70,57 @@ def spark_network(kind, settings, args, checkpoint=None, **options):
         try:
             yield net
         except BaseException:
-            net.clear_quietly()
+            net.close(quietly=True)
             raise
         net.close()
+
+
+def executor_hosts(sc):
+    """The hosts Spark's scheduler knows executors by (the driver's included)."""
+    infos = sc._jsc.sc().statusTracker().getExecutorInfos()
+    return {info.host() for info in infos}
+
+
+def located_rdd(sc, items):
+    """An RDD of strings, one partition each, with the host Spark should run each on.
+
+    items: [(text, host or None)]. PySpark's parallelize takes no location
+    preferences; Scala's SparkContext.makeRDD does, and its RDD of strings
+    reads in Python as sc.textFile's does. A host with no live executor is
+    no obstacle: Spark runs the task elsewhere after spark.locality.wait.
+    """
+    from pyspark.rdd import RDD
+    from pyspark.serializers import UTF8Deserializer
+
+    jvm = sc._jvm
+    to_seq = jvm.scala.jdk.javaapi.CollectionConverters.asScala
+    pairs = jvm.java.util.ArrayList()
+    for text, host in items:
+        hosts = jvm.java.util.ArrayList()
+        if host:
+            hosts.add(host)
+        pairs.add(jvm.scala.Tuple2(text, to_seq(hosts).toSeq()))
+    string_tag = jvm.scala.reflect.ClassTag.apply(jvm.java.lang.String._java_lang_class)
+    jrdd = sc._jsc.sc().makeRDD(to_seq(pairs).toSeq(), string_tag)
+    return RDD(jrdd.toJavaRDD(), sc, UTF8Deserializer())
+
+
+def cancel_and_wait(sc, group, timeout):
+    """Cancel a job group and wait (up to `timeout` s) until none of its tasks still runs,
+    so nothing a cancelled task does can come after the clean-up that follows."""
+    import time
+
+    sc.cancelJobGroup(group)
+    tracker = sc.statusTracker()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = 0
+        for job_id in tracker.getJobIdsForGroup(group):
+            job = tracker.getJobInfo(job_id)
+            for stage_id in (job.stageIds if job else ()):
+                stage = tracker.getStageInfo(stage_id)
+                running += stage.numActiveTasks if stage else 0
+        if not running:
+            return True
+        time.sleep(0.1)
+    return False

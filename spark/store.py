@@ -68,6 +68,9 @@ __all__ = [
     "StoreError",
     "StoreUnavailableError",
     "MissingKeyError",
+    "StoreTimeoutError",
+    "StoreAuthError",
+    "StorePermissionError",
     "encode_array",
     "decode_array",
     "encode_header",
@@ -77,6 +80,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 START_HINT = "start it with scripts/services.sh start"
+# Connect and read timeout of every Redis and WebHDFS call, seconds
+# (SPARK_CNN_IO_TIMEOUT): a stalled server ends a run instead of hanging it.
+DEFAULT_TIMEOUT = 30.0
+# Redis keys expire after this many seconds as a last resort, should every
+# clean-up be missed (SPARK_CNN_REDIS_TTL).
+DEFAULT_TTL = 24 * 3600
 
 # ---------------------------------------------------------------------------
 # errors
@@ -88,6 +97,18 @@ class StoreError(Exception):
 
 class StoreUnavailableError(StoreError, ConnectionError):
     """A server could not be reached."""
+
+
+class StoreTimeoutError(StoreUnavailableError):
+    """A server accepted the connection but did not answer within the timeout."""
+
+
+class StoreAuthError(StoreUnavailableError):
+    """A Redis server wants a password, or refused the one given."""
+
+
+class StorePermissionError(StoreError, PermissionError):
+    """HDFS refused an operation to the HDFS user."""
 
 
 class MissingKeyError(StoreError, KeyError):
@@ -324,9 +345,14 @@ _REC = struct.Struct("<4sBBHIQ16s")  # magic, version, flags, reserved, nchunks,
 _REC_MAGIC = b"SCNR"
 
 
-def _redis_client(address: str):
-    """The process-wide client for ``address`` (created on first use)."""
-    client = _REDIS_CLIENTS.get(address)
+def _redis_client(address: str, password: str | None = None, timeout: float = DEFAULT_TIMEOUT):
+    """The process-wide client for ``address`` with this password and timeout.
+
+    A broken connection (say, after the server restarted) is retried once; a
+    timeout is not: a stalled server fails the call after ``timeout`` seconds.
+    """
+    key = (address, password, float(timeout), os.getpid())
+    client = _REDIS_CLIENTS.get(key)
     if client is not None:
         return client
     import redis
@@ -334,17 +360,19 @@ def _redis_client(address: str):
     from redis.retry import Retry
 
     with _REDIS_LOCK:
-        client = _REDIS_CLIENTS.get(address)
+        client = _REDIS_CLIENTS.get(key)
         if client is None:
-            common = dict(socket_connect_timeout=5, socket_timeout=300,
-                          socket_read_size=1 << 20, retry=Retry(NoBackoff(), 1),
+            common = dict(socket_connect_timeout=timeout, socket_timeout=timeout,
+                          socket_read_size=1 << 20, password=password or None,
+                          retry=Retry(NoBackoff(), 1,
+                                      supported_errors=(redis.exceptions.ConnectionError,)),
                           health_check_interval=0)
             if address.startswith("unix://"):
                 client = redis.Redis(unix_socket_path=address[len("unix://"):], **common)
             else:
                 host, _, port = address.rpartition(":")
                 client = redis.Redis(host=host.strip("[]"), port=int(port), **common)
-            _REDIS_CLIENTS[address] = client
+            _REDIS_CLIENTS[key] = client
     return client
 
 
@@ -364,7 +392,36 @@ def _reason(exc: BaseException) -> str:
 
 def _redis_errors():
     import redis
-    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+            redis.exceptions.AuthenticationError, redis.exceptions.AuthenticationWrongNumberOfArgsError,
+            redis.exceptions.NoPermissionError, OSError)
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    import redis
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, (redis.exceptions.TimeoutError, TimeoutError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _auth_problem(exc: BaseException) -> str | None:
+    """'authentication required' or 'the password was refused', if that is what went wrong."""
+    import redis
+    text = str(exc).lower()
+    if isinstance(exc, redis.exceptions.AuthenticationError) or "noauth" in text \
+            or "authentication required" in text:
+        if "invalid" in text or "wrongpass" in text or "invalid password" in text:
+            return "the password was refused"
+        return "authentication required"
+    if isinstance(exc, redis.exceptions.AuthenticationWrongNumberOfArgsError) or \
+            "without any password configured" in text or "no password is set" in text:
+        return "a password was given but the server has none set"
+    if "wrongpass" in text or "invalid username-password" in text:
+        return "the password was refused"
+    return None
 
 
 class RedisStore(ArrayStore):
@@ -382,7 +439,8 @@ class RedisStore(ArrayStore):
     """
 
     def __init__(self, addresses: list[str] | str, namespace: str,
-                 chunk_bytes: int = 256 * 2**20):
+                 chunk_bytes: int = 256 * 2**20, password: str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT, ttl: int | None = DEFAULT_TTL):
         if isinstance(addresses, str):
             addresses = parse_redis_addresses(addresses)
         else:
@@ -395,9 +453,15 @@ class RedisStore(ArrayStore):
         self.local_address: str = addresses[0]
         self.last_get_address: str | None = None
         self._prefix = f"spark-cnn:{namespace}:"
+        self._password = password or None            # never shown: not in repr or errors
+        self.timeout = float(timeout)
+        self.ttl = int(ttl) if ttl else None
 
     def __repr__(self) -> str:
         return f"RedisStore({self.addresses!r}, namespace={self.namespace!r})"
+
+    def _client(self, address: str):
+        return _redis_client(address, self._password, self.timeout)
 
     # -- key names
     def _record_key(self, key: str) -> bytes:
@@ -408,6 +472,16 @@ class RedisStore(ArrayStore):
         return [base + str(i).encode() for i in range(nchunks)]
 
     def _unavailable(self, address: str, exc: BaseException) -> StoreUnavailableError:
+        auth = _auth_problem(exc)
+        if auth:
+            hint = ("set SPARK_CNN_REDIS_PASSWORD or SPARK_CNN_REDIS_PASSWORD_FILE"
+                    if auth == "authentication required" or self._password is None else
+                    "check SPARK_CNN_REDIS_PASSWORD / SPARK_CNN_REDIS_PASSWORD_FILE")
+            return StoreAuthError(f"Redis at {address}: {auth}; {hint}")
+        if _is_timeout(exc):
+            return StoreTimeoutError(
+                f"Redis at {address} did not answer within {self.timeout:g} s "
+                "(stalled or overloaded?; SPARK_CNN_IO_TIMEOUT sets the limit)")
         return StoreUnavailableError(
             f"cannot reach Redis at {address}: {_reason(exc)}; {START_HINT}")
 
@@ -421,19 +495,20 @@ class RedisStore(ArrayStore):
         n = len(data)
         cb = self.chunk_bytes
         address = self.local_address
-        client = _redis_client(address)
+        client = self._client(address)
         try:
             if n <= min(cb, _INLINE_MAX):
                 record = _REC.pack(_REC_MAGIC, 1, 0, 0, 0, cb, bytes(16)) + header + data.tobytes()
-                old = client.set(rkey, record, get=True)
+                old = client.set(rkey, record, get=True, ex=self.ttl)
                 written = len(record)
             else:
                 token = os.urandom(16)
                 nchunks = -(-n // cb)
                 keys = self._chunk_keys(token, nchunks)
-                self._set_many(client, keys, [data[i * cb:(i + 1) * cb] for i in range(nchunks)])
+                self._set_many(client, keys, [data[i * cb:(i + 1) * cb] for i in range(nchunks)],
+                               self.ttl)
                 record = _REC.pack(_REC_MAGIC, 1, 0, 0, nchunks, cb, token) + header
-                old = client.set(rkey, record, get=True)
+                old = client.set(rkey, record, get=True, ex=self.ttl)
                 written = len(record) + n
             if old is not None:
                 self._drop_chunks(client, old)
@@ -442,15 +517,18 @@ class RedisStore(ArrayStore):
         return written
 
     @staticmethod
-    def _set_many(client, keys: list[bytes], values: list[memoryview]) -> None:
-        """Pipelined SETs that send the values straight from the array memory."""
+    def _set_many(client, keys: list[bytes], values: list[memoryview], ttl: int | None) -> None:
+        """Pipelined SETs (with EX ttl if given) that send the values straight from the array memory."""
         parts: list = []
+        expiry = b"" if not ttl else b"$2\r\nEX\r\n$%d\r\n%d\r\n" % (len(str(ttl)), ttl)
         for k, v in zip(keys, values):
-            parts.append(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n" % (len(k), k, len(v)))
+            parts.append(b"*%d\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n"
+                         % (5 if ttl else 3, len(k), k, len(v)))
             parts.append(v)
-            parts.append(b"\r\n")
+            parts.append(b"\r\n" + expiry)
         pool = client.connection_pool
         conn = pool.get_connection()
+        conn.connect()          # AUTH happens here, before the raw commands
         ok = False
         try:
             conn.send_packed_command(parts)
@@ -489,11 +567,15 @@ class RedisStore(ArrayStore):
         if where:
             hint = _normalize_address(where)
             order = [hint] + [a for a in order if a != hint]
-        searched, down = [], []
+        searched, down, failures = [], [], []
         for address in order:
             try:
                 a = self._get_from(address, rkey, key)
             except _redis_errors() as e:
+                failure = self._unavailable(address, e)
+                if isinstance(failure, StoreAuthError):
+                    raise failure from None
+                failures.append(failure)
                 down.append(f"{address} ({_reason(e)})")
                 continue
             if a is not None:
@@ -501,6 +583,8 @@ class RedisStore(ArrayStore):
                 return a
             searched.append(address)
         if not searched:
+            if len(failures) == 1:
+                raise failures[0]
             raise StoreUnavailableError(
                 f"cannot read {key!r}: no Redis server reachable: {', '.join(down)}; {START_HINT}")
         msg = (f"key {key!r} not found in namespace {self.namespace!r} on Redis "
@@ -510,7 +594,7 @@ class RedisStore(ArrayStore):
         raise MissingKeyError(msg)
 
     def _get_from(self, address: str, rkey: bytes, key: str) -> np.ndarray | None:
-        client = _redis_client(address)
+        client = self._client(address)
         for _attempt in range(3):
             record = client.get(rkey)
             if record is None:
@@ -572,11 +656,32 @@ class RedisStore(ArrayStore):
         start = len(self._prefix) + 2
         for address in self.addresses:
             try:
-                for k in self._scan(_redis_client(address), f"{self._prefix}k:*"):
+                for k in self._scan(self._client(address), f"{self._prefix}k:*"):
                     found.add(k.decode()[start:])
             except _redis_errors() as e:
                 log.warning("keys(): skipping %s", self._unavailable(address, e))
         return sorted(found)
+
+    def check(self) -> None:
+        """PING every server; raise the error of the first that does not answer properly."""
+        for address in self.addresses:
+            try:
+                self._client(address).ping()
+            except _redis_errors() as e:
+                raise self._unavailable(address, e) from None
+
+    def namespaces(self) -> set[str]:
+        """Names of every namespace with keys on a reachable server (for clean-up of dead runs)."""
+        found: set[str] = set()
+        for address in self.addresses:
+            try:
+                for k in self._scan(self._client(address), "spark-cnn:*"):
+                    parts = k.decode(errors="replace").split(":")
+                    if len(parts) > 2:
+                        found.add(parts[1])
+            except _redis_errors() as e:
+                log.warning("namespaces(): skipping %s", self._unavailable(address, e))
+        return found
 
     def delete_all(self) -> int:
         """Delete every Redis key of the namespace (SCAN + UNLINK on every address).
@@ -587,7 +692,7 @@ class RedisStore(ArrayStore):
         removed = 0
         for address in self.addresses:
             try:
-                client = _redis_client(address)
+                client = self._client(address)
                 batch: list[bytes] = []
                 for k in self._scan(client, f"{self._prefix}*"):
                     batch.append(k)
@@ -667,7 +772,7 @@ class HdfsStore(ArrayStore):
     """
 
     def __init__(self, webhdfs_url: str, user: str, root: str, namespace: str,
-                 timeout: float = 300):
+                 timeout: float = DEFAULT_TIMEOUT):
         if not webhdfs_url or not webhdfs_url.startswith(("http://", "https://")):
             raise ValueError(f"bad WebHDFS URL {webhdfs_url!r}: expected http://host:port")
         if not root or not root.startswith("/"):
@@ -679,7 +784,9 @@ class HdfsStore(ArrayStore):
         self.root = posixpath.normpath(root)
         self.namespace = _check_namespace(namespace)
         self.base = posixpath.join(self.root, self.namespace)
-        self._client = _hdfs_client(self.webhdfs_url, user, timeout)
+        self.timeout = float(timeout)
+        self._client = _hdfs_client(self.webhdfs_url, user, self.timeout)
+        self.last_get_address: str | None = None   # host of the DataNode that served the last get
 
     def __repr__(self) -> str:
         return f"HdfsStore({self.webhdfs_url!r}, root={self.root!r}, namespace={self.namespace!r})"
@@ -690,6 +797,16 @@ class HdfsStore(ArrayStore):
             return self.base
         return posixpath.join(self.base, _check_key(relpath, "path"))
 
+    def _server(self, exc: BaseException) -> str:
+        """Which server a failed request went to: the NameNode or a DataNode, with its address."""
+        from urllib.parse import urlsplit
+
+        request = getattr(exc, "request", None)
+        netloc = urlsplit(getattr(request, "url", "") or "").netloc
+        if not netloc or netloc == urlsplit(self.webhdfs_url).netloc:
+            return f"the NameNode's WebHDFS at {self.webhdfs_url}"
+        return f"the HDFS DataNode at {netloc}"
+
     def _call(self, what: str, fn, *args, **kwargs):
         """Run a WebHDFS call, turning failures into errors written for people."""
         import requests
@@ -697,19 +814,56 @@ class HdfsStore(ArrayStore):
 
         try:
             return fn(*args, **kwargs)
+        except requests.exceptions.Timeout as e:
+            raise StoreTimeoutError(
+                f"{self._server(e)} did not answer within {self.timeout:g} s ({what}; stalled or "
+                "overloaded?; SPARK_CNN_IO_TIMEOUT sets the limit)") from e
         except requests.exceptions.ConnectionError as e:
             raise StoreUnavailableError(
-                f"cannot reach WebHDFS at {self.webhdfs_url} ({what}): {_reason(e)}; "
-                f"{START_HINT}") from e
-        except requests.exceptions.Timeout as e:
-            raise StoreUnavailableError(
-                f"WebHDFS at {self.webhdfs_url} timed out ({what})") from e
+                f"cannot reach {self._server(e)} ({what}): {_reason(e)}; {START_HINT}") from e
         except HdfsError as e:
-            if getattr(e, "exception", None) == "FileNotFoundException" or \
-                    "does not exist" in str(e):
+            exception = getattr(e, "exception", None)
+            if exception == "FileNotFoundException" or "does not exist" in str(e):
                 raise MissingKeyError(f"{what}: no such file in HDFS at {self.webhdfs_url} "
                                       f"(namespace {self.namespace!r})") from None
+            if exception == "AccessControlException" or "Permission denied" in str(e):
+                first = str(e).splitlines()[0] if str(e) else exception
+                raise StorePermissionError(
+                    f"HDFS refused {what} to user {self.user!r}: {first}; give that user write "
+                    "access to SPARK_CNN_HDFS_ROOT or set SPARK_CNN_HDFS_USER") from None
             raise StoreError(f"WebHDFS {what} failed: {e}") from e
+
+    def _open(self, path: str):
+        """GET the file's bytes as a stream, remembering the DataNode that serves them.
+
+        The NameNode answers OPEN with a redirect to a DataNode holding the
+        block (the reader's own node if it holds one): that host is the
+        locality of the read.
+        """
+        from urllib.parse import quote, urlsplit
+
+        from hdfs.util import HdfsError
+
+        session, timeout = self._client._session, self.timeout
+        url = f"{self.webhdfs_url}/webhdfs/v1{quote(path)}"
+        response = session.get(url, params={"op": "OPEN", "user.name": self.user},
+                               allow_redirects=False, timeout=timeout)
+        if response.status_code in (301, 302, 303, 307, 308):
+            location = response.headers["Location"]
+            response.close()
+            self.last_get_address = urlsplit(location).hostname
+            response = session.get(location, stream=True, timeout=timeout)
+        if response.status_code != 200:
+            try:
+                remote = response.json().get("RemoteException", {})
+            except ValueError:
+                remote = {}
+            response.close()
+            error = HdfsError(remote.get("message") or f"HTTP {response.status_code}")
+            error.exception = remote.get("exception")
+            raise error
+        response.raw.decode_content = True
+        return response
 
     def put(self, key: str, array) -> int:
         """Write ``array`` to ``hdfs_path(key)``; returns bytes written."""
@@ -727,7 +881,8 @@ class HdfsStore(ArrayStore):
         what = f"HDFS file {path}"
 
         def read():
-            with self._client.read(path) as reader:
+            with self._open(path) as response:
+                reader = response.raw
                 fixed = bytearray(_FIXED.size)
                 _readinto_exact(reader, memoryview(fixed), what)
                 ndim = fixed[5]

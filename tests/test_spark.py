@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from spark.cnn import CNN
-from spark.exchange import open_marker_store, open_matrix_store
+from spark.exchange import hdfs_store, open_matrix_store
 from spark.locality_cnn import LocalityCNN
 from spark.settings import Settings
 from spark.spark_cnn import SparkCNN, split_batches
@@ -39,7 +39,7 @@ def settings(redis_addresses, hdfs_settings):
 
 def assert_nothing_left(net):
     assert open_matrix_store(net.exchange).keys() == []
-    assert open_marker_store(net.exchange).keys() == []
+    assert hdfs_store(net.exchange).keys() == []
 
 
 def relative_difference(a, b):

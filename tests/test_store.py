@@ -466,7 +466,7 @@ def test_hdfs_namespaces_and_delete_all(hdfs_settings):
 
 def test_hdfs_unreachable_message(hdfs_settings):
     s = HdfsStore(f"http://127.0.0.1:{free_port()}", "u", "/spark-cnn", new_ns())
-    with pytest.raises(StoreUnavailableError, match="cannot reach WebHDFS at .*services.sh start"):
+    with pytest.raises(StoreUnavailableError, match="cannot reach the NameNode's WebHDFS at .*services.sh start"):
         s.put("w", np.zeros(1))
 
 

@@ -4,6 +4,7 @@ Exit codes: 0 done, 1 the run failed (message says why), 2 bad command line
 (usage printed), 130 interrupted. A traceback is shown only with --debug.
 """
 import argparse
+import math
 import re
 import sys
 import traceback
@@ -32,13 +33,23 @@ _positive_int, _count = _whole_number(1), _whole_number(0)
 
 
 def _positive_float(text):
+    """argparse type: a finite number of at least 0 (no inf, no nan)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
+    if value < 0:
         raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {text}")
     return value
+
+
+# Defaults of the training flags. The parser leaves them None so that a run can
+# tell a flag given on the command line from one left out: with --resume, what
+# was left out comes from the checkpoint (spark.runner.resolve_run).
+TRAIN_DEFAULTS = dict(images=1000, batches=4, lr=1e-3, momentum=0.9, reg=5e-4, seed=0,
+                      dtype="float32")
 
 
 def _common(parser, distributed):
@@ -64,26 +75,32 @@ def _common(parser, distributed):
 def train_parser(prog, distributed):
     """Command line of the trainers: [num images] [num iterations] (+ [num batches])."""
     parser = argparse.ArgumentParser(
-        prog=prog, description="Train the CNN on the first N CIFAR-10 training images.")
-    parser.add_argument("images", nargs="?", type=_positive_int, default=1000,
-                        help="number of training images N (default 1000)")
+        prog=prog, allow_abbrev=False,
+        description="Train the CNN on the first N CIFAR-10 training images. With --resume, "
+                    "settings left out come from the checkpoint.")
+    parser.add_argument("images", nargs="?", type=_positive_int,
+                        help="number of training images N (default 1000; with --resume, "
+                             "the checkpoint's)")
     parser.add_argument("iterations", nargs="?", type=_count, default=20,
-                        help="number of iterations, each one forward + backward pass "
-                             "over a batch and one update (default 20)")
+                        help="total number of iterations, each one forward + backward pass "
+                             "over a batch and one update; --resume trains until the "
+                             "checkpoint has this many (default 20)")
     if distributed:
-        parser.add_argument("batches", nargs="?", type=_positive_int, default=4,
-                            help="number of batches B = Spark tasks per stage (default 4)")
+        parser.add_argument("batches", nargs="?", type=_positive_int,
+                            help="number of batches B = Spark tasks per stage (default 4; "
+                                 "with --resume, the checkpoint's)")
     parser.add_argument("--minibatch", type=_positive_int, metavar="M",
                         help="images per iteration, taken in turn from the N (default N)")
-    parser.add_argument("--lr", type=_positive_float, default=1e-3, help="learning rate (default 0.001)")
-    parser.add_argument("--momentum", type=_positive_float, default=0.9, help="momentum (default 0.9)")
-    parser.add_argument("--reg", type=_positive_float, default=5e-4,
+    parser.add_argument("--lr", type=_positive_float, help="learning rate (default 0.001)")
+    parser.add_argument("--momentum", type=_positive_float, help="momentum (default 0.9)")
+    parser.add_argument("--reg", type=_positive_float,
                         help="L2 regularisation strength (default 5e-4)")
-    parser.add_argument("--seed", type=_count, default=0, help="weight initialisation seed (default 0)")
-    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+    parser.add_argument("--seed", type=_count, help="weight initialisation seed (default 0)")
+    parser.add_argument("--dtype", choices=("float32", "float64"),
                         help="floating point type (default float32)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue from the saved parameters instead of starting afresh")
+                        help="continue the saved run with its settings (--lr, --momentum, --reg "
+                             "given here override them) until it has [num iterations]")
     parser.add_argument("--metrics", metavar="FILE",
                         help="append one JSON line of timings and loss per iteration to FILE")
     _common(parser, distributed)
@@ -93,7 +110,8 @@ def train_parser(prog, distributed):
 def test_parser(prog, distributed, split):
     """Command line of the evaluation scripts: [num images] (+ [num iterations] [num batches])."""
     parser = argparse.ArgumentParser(
-        prog=prog, description=f"Accuracy of the saved parameters on the first N CIFAR-10 {split} images.")
+        prog=prog, allow_abbrev=False,
+        description=f"Accuracy of the saved parameters on the first N CIFAR-10 {split} images.")
     parser.add_argument("images", nargs="?", type=_positive_int, default=1000,
                         help="number of images N (default 1000)")
     if distributed:
@@ -105,21 +123,96 @@ def test_parser(prog, distributed, split):
     return parser
 
 
-_PYTHON_ERROR = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$")
+# The line a Python traceback ends with: "module.Name: message" or a bare "Name".
+_PYTHON_ERROR = re.compile(r"^([A-Za-z_][\w.]*)(?:: ?(.*))?$")
+# A Java exception: "org.pkg.SomeException: message" (message optional).
+_JAVA_ERROR = re.compile(r"^((?:[a-z_$][\w$]*\.)+[A-Z][\w$]*)(?:: ?(.*))?$")
+_JAVA_CLASS_PREFIX = re.compile(r"\b(?:[a-z_$][\w$]*\.)+[A-Z][\w$]*(?:Exception|Error): ")
+_SPARK_STAGE_FAILURE = re.compile(r"^Job aborted due to stage failure: .*?"
+                                  r"most recent failure: Lost task [^:]*: ")
+
+
+def _python_error(lines):
+    """(name, message) of the error the last Python traceback in `lines` ends
+    with: the exception the worker raised, after any it was chained from."""
+    starts = [i for i, line in enumerate(lines) if "Traceback (most recent call last):" in line]
+    if not starts:
+        return None
+    for line in lines[starts[-1] + 1:]:
+        if not line.strip() or line[0] in " \t":
+            continue                            # frames, source lines, carets
+        match = _PYTHON_ERROR.match(line.rstrip())
+        if match:
+            return match.group(1).rsplit(".", 1)[-1], (match.group(2) or "").strip()
+        return None
+    return None
+
+
+def _java_message(message):
+    """A Java exception message without the noise: nested class names, wiki pointers."""
+    inner = _SPARK_STAGE_FAILURE.sub("", message)
+    inner = _JAVA_CLASS_PREFIX.sub("", inner)
+    inner = re.sub(r";\s*For more details see:.*$", "", inner)
+    inner = re.sub(r"\.?\s*Consider setting .*$", "", inner)       # Spark's faulthandler advice
+    return inner.strip()
+
+
+def _java_error(lines):
+    """(class, message) of the deepest Java cause with a message, or None.
+
+    The chain is the exception the Py4J call failed with (the line after
+    "An error occurred while calling ...") and every "Caused by:" line. A
+    cause's message is replaced by a shallower one of the same class that
+    contains it (e.g. Hadoop's "Call From a to b failed on connection
+    exception: ...Connection refused" over plain "Connection refused").
+    """
+    chain = []
+    for line in lines:
+        text = line.strip()
+        if text.startswith("Caused by:"):
+            text = text[len("Caused by:"):].strip()
+        elif text.startswith(": "):
+            text = text[2:].strip()
+        else:
+            continue
+        match = _JAVA_ERROR.match(text)
+        if match:
+            chain.append((match.group(1).rsplit(".", 1)[-1], (match.group(2) or "").strip()))
+    with_message = [(name, message) for name, message in chain if message]
+    if not with_message:
+        return chain[-1] if chain else None
+    name, message = with_message[-1]
+    for outer_name, outer in with_message[:-1]:
+        if (outer_name == name and message in outer and outer != message
+                and not _SPARK_STAGE_FAILURE.match(outer)):
+            message = outer
+            break
+    return name, _java_message(message) or message
 
 
 def one_line(error):
-    """A failure in one line. A Spark job failure carries the Python worker's
-    traceback inside a Java one: report the worker's own error line."""
+    """A failure in one line, for people.
+
+    A failed Spark job arrives as a Py4J error whose text is a Java stack trace,
+    possibly holding the Python worker's traceback. Reported is the deepest real
+    cause: the worker's own error line if there is one, else the last Java
+    "Caused by:" with a message, never Py4J's "An error occurred while calling ...".
+    """
     text = str(error).strip() or type(error).__name__
     lines = text.splitlines()
-    if len(lines) > 1:
-        raised = [m for m in map(_PYTHON_ERROR.match, lines) if m]
-        if raised:
-            name, message = raised[-1].groups()
-            return f"{message} ({name.rsplit('.', 1)[-1]} in a Spark task)"
-        return lines[0]
-    return text
+    if len(lines) == 1:
+        return text
+    python = _python_error(lines)
+    if python:
+        name, message = python
+        return f"{message} ({name} in a Spark task)" if message else f"{name} in a Spark task"
+    if lines[0].startswith("An error occurred while calling") or any(
+            line.lstrip().startswith(("Caused by:", "at ")) for line in lines):
+        java = _java_error(lines)
+        if java:
+            name, message = java
+            return f"{message} ({name} in Spark)" if message else f"{name} in Spark"
+    return lines[0]
 
 
 def run(main, parser, argv=None):

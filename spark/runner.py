@@ -7,14 +7,17 @@ here and always stopped.
 import contextlib
 import os
 import sys
+import tempfile
 import time
+import warnings
 
 import numpy as np
 
+from .checkpoint import CheckpointError, remove_stale_temporaries
 from .cifar10 import TooFewImagesError, load_cifar10
-from .cli import UsageError
+from .cli import TRAIN_DEFAULTS, UsageError
 from .im2col import backend as im2col_backend
-from .metrics import MetricsLog, rss_mb
+from .metrics import MetricsError, MetricsLog, rss_mb
 from .progress import NoProgress, Progress
 from .settings import Settings
 
@@ -54,53 +57,202 @@ def batch_indices(iteration, size, total):
     return (iteration * size + np.arange(size)) % total
 
 
-def train(kind, args, out=sys.stdout):
-    """Train for args.iterations iterations, saving after each one."""
+def check_settings(kind, settings):
+    """Settings that are wrong whatever else happens: refused before Spark starts."""
+    if kind == "locality":
+        from .store import parse_redis_addresses
+        try:
+            parse_redis_addresses(settings.redis)
+        except ValueError as e:
+            raise UsageError(f"--redis / SPARK_CNN_REDIS: {e}") from None
+
+
+def load_saved(path, purpose):
+    """The network saved at `path`, checked in full (before Spark starts)."""
+    from .cnn import CNN
+    if not os.path.exists(path):
+        raise UsageError(f"{purpose}: no saved parameters at {path}; train without --resume "
+                         "first, or point --params-dir / SPARK_CNN_PARAMS_DIR at them")
+    return CNN.load(path)
+
+
+def check_fits(saved, path, data, data_dir):
+    """A checkpoint's network must take these images and give scores for their classes."""
+    shape = tuple(data.images.shape[1:])
+    if tuple(saved.input_shape) != shape:
+        raise CheckpointError(
+            f"{path} holds a network for {saved.describe_input()} images, but the images of "
+            f"{data_dir} are {'x'.join(map(str, shape))}: it is another network's checkpoint")
+    classes = int(data.labels.max()) + 1 if len(data.labels) else 0
+    if classes > saved.num_classes:
+        raise CheckpointError(
+            f"{path} holds a network with {saved.num_classes} classes, but the labels of "
+            f"{data_dir} go up to {classes - 1}: it is another network's checkpoint")
+
+
+_WORDS = {"images": "[num images]", "minibatch": "--minibatch", "seed": "--seed",
+          "dtype": "--dtype", "lr": "--lr", "momentum": "--momentum", "reg": "--reg",
+          "batches": "[num batches]"}
+
+
+def resolve_run(args, saved, path, err):
+    """The settings of this run: flags, else (with --resume) the checkpoint's, else defaults.
+
+    With --resume, the checkpoint's settings win. --lr, --momentum and --reg given
+    on the command line override them (a note on `err` says so); a --dtype,
+    --seed, number of images or --minibatch that contradicts the checkpoint would
+    make a different run and is a usage error.
+    """
+    given = {key: getattr(args, key, None) for key in
+             ("images", "minibatch", "lr", "momentum", "reg", "seed", "dtype", "batches")}
+    if saved is None:
+        run = {key: TRAIN_DEFAULTS[key] if given[key] is None else given[key]
+               for key in TRAIN_DEFAULTS}
+        run["minibatch"] = given["minibatch"] or run["images"]
+        return run
+    info = saved.run_info
+    kept = dict(lr=saved.lr, momentum=saved.momentum, reg=saved.reg, seed=saved.seed,
+                dtype=saved.dtype.name, images=info.get("images"),
+                minibatch=info.get("minibatch"), batches=info.get("batches"))
+    for key in ("dtype", "seed", "images", "minibatch"):
+        if given[key] is not None and kept[key] is not None and given[key] != kept[key]:
+            raise UsageError(
+                f"{_WORDS[key]} {given[key]} contradicts {path}, whose run has {kept[key]}: "
+                "leave it out to resume that run, or start afresh without --resume")
+    run = {key: kept[key] if given[key] is None else given[key] for key in kept}
+    if run["images"] is None:                      # a checkpoint that does not say
+        run["images"] = TRAIN_DEFAULTS["images"]
+    if run["minibatch"] is None:
+        run["minibatch"] = run["images"]
+    if run["batches"] is None:
+        run["batches"] = TRAIN_DEFAULTS["batches"]
+    for key in ("lr", "momentum", "reg"):
+        if given[key] is not None and given[key] != kept[key]:
+            print(f"note: {_WORDS[key]} {given[key]} replaces {kept[key]} of {path} "
+                  "from here on", file=err)
+    if given["batches"] is not None and kept["batches"] not in (None, given["batches"]):
+        print(f"note: {given['batches']} batches where {path} had {kept['batches']}: "
+              "gradients are summed in another order (results differ in rounding)", file=err)
+    return run
+
+
+def check_params_dir(settings):
+    """The parameters folder must take a file: found out before the first iteration."""
+    folder = settings.params_dir
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UsageError(f"--params-dir / SPARK_CNN_PARAMS_DIR {folder}: cannot save "
+                         f"parameters there ({e.strerror or e})") from None
+
+
+def train(kind, args, out=sys.stdout, err=sys.stderr):
+    """Train until the checkpoint has args.iterations iterations, saving after each one.
+
+    Everything that can be checked before Spark starts is: the command line
+    against the checkpoint (--resume), the data, the metrics file, the
+    parameters folder. A run that fails leaves the last saved checkpoint whole.
+    """
     settings = Settings.from_flags(args)
-    minibatch = args.minibatch or args.images
-    if minibatch > args.images:
-        raise UsageError(f"--minibatch {minibatch} is larger than the {args.images} images")
+    check_settings(kind, settings)
+    path = checkpoint_path(settings, kind)
+    saved = load_saved(path, "--resume") if args.resume else None
+    run = resolve_run(args, saved, path, err)
+    images, minibatch, total = run["images"], run["minibatch"], args.iterations
+    if hasattr(args, "batches"):
+        args.batches = run["batches"]                  # what the Spark network is made with
+    if minibatch > images:
+        raise UsageError(f"--minibatch {minibatch} is larger than the {images} images")
     if getattr(args, "batches", 1) > minibatch:
         raise UsageError(f"{args.batches} batches for {minibatch} images per iteration: "
                          "each batch needs at least one image")
-    data = load_images(settings, "train", args.images)
-    path = checkpoint_path(settings, kind)
-    options = dict(lr=args.lr, momentum=args.momentum, reg=args.reg)
-    if not args.resume:
-        options.update(dtype=args.dtype, seed=args.seed)
-    metrics = MetricsLog(args.metrics)
-    with open_network(kind, settings, args, path if args.resume else None, **options) as net:
-        print(f"training {kind} CNN on {args.images} images of {settings.data_dir}: "
-              f"{args.iterations} iterations of {minibatch} images, from iteration "
-              f"{net.iteration} (im2col back end here: {im2col_backend()})", file=out)
-        for _ in range(args.iterations):
-            index = batch_indices(net.iteration, minibatch, args.images)
-            progress = (Progress(minibatch, f"iteration {net.iteration + 1}")
-                        if minibatch >= PROGRESS_FROM else NoProgress())
-            record = net.train_iteration(data.images, data.labels, index, progress)
-            started = time.perf_counter()
-            net.save(path)
-            record["save_s"] = time.perf_counter() - started
-            record["rss_mb"] = rss_mb()
-            metrics.write(record)
-            exchange = ""
-            if "store_bytes" in record:
-                exchange = (f" stored {record['store_bytes'] / 2**20:.1f} MB "
-                            f"(write {record['store_write_s']:.2f}s read {record['store_read_s']:.2f}s)")
-            print(f"iteration {record['iteration']}: forward {record['forward_s']:.2f}s "
-                  f"backward {record['backward_s']:.2f}s loss {record['loss']:.4f} "
-                  f"({record['images_per_s']:.0f} images/s){exchange}", file=out, flush=True)
-        if getattr(net, "im2col_backends", None):
-            print(f"im2col back end in the Spark tasks: {', '.join(sorted(net.im2col_backends))}",
-                  file=out)
-        print(f"parameters saved to {path}", file=out)
+    start = saved.iteration if saved is not None else 0
+    if saved is not None and start >= total:
+        print(f"{path} is already at iteration {start} ({total} asked for): nothing to train",
+              file=out)
+        return
+    if total == 0:
+        print("0 iterations asked for: nothing trained, nothing saved", file=out)
+        return
+    data = load_images(settings, "train", images)
+    if saved is not None:
+        check_fits(saved, path, data, settings.data_dir)
+    try:
+        metrics = MetricsLog(args.metrics)
+    except MetricsError as e:
+        raise UsageError(f"--metrics: {e}") from None
+    with metrics:
+        check_params_dir(settings)
+        for leftover in remove_stale_temporaries(settings.params_dir):
+            print(f"note: removed {leftover}, an unfinished save of a run that was killed",
+                  file=err)
+        options = dict(lr=run["lr"], momentum=run["momentum"], reg=run["reg"])
+        if saved is None:
+            options.update(dtype=run["dtype"], seed=run["seed"])
+        with open_network(kind, settings, args, path if saved is not None else None,
+                          **options) as net:
+            net.run_info = dict(images=images, minibatch=minibatch)
+            if hasattr(args, "batches"):
+                net.run_info["batches"] = args.batches
+            _train_loop(kind, net, data, run, total, path, settings, metrics, out)
+
+
+def _train_loop(kind, net, data, run, total, path, settings, metrics, out):
+    images, minibatch = run["images"], run["minibatch"]
+    print(f"training {kind} CNN on {images} images of {settings.data_dir}: "
+          f"{total - net.iteration} iterations of {minibatch} images, from iteration "
+          f"{net.iteration} to {total} (im2col back end here: {im2col_backend()})", file=out)
+    with warnings.catch_warnings():
+        # A diverging run is reported in one line (below), not by NumPy's warnings.
+        warnings.filterwarnings("ignore", category=RuntimeWarning,
+                                message=r"(overflow|invalid value|divide by zero) encountered")
+        while net.iteration < total:
+            _iteration(net, data, images, minibatch, path, metrics, out)
+    if getattr(net, "im2col_backends", None):
+        print(f"im2col back end in the Spark tasks: {', '.join(sorted(net.im2col_backends))}",
+              file=out)
+    print(f"parameters saved to {path}", file=out)
+
+
+def _iteration(net, data, images, minibatch, path, metrics, out):
+    """One iteration, saved only if its loss and parameters are finite."""
+    index = batch_indices(net.iteration, minibatch, images)
+    progress = (Progress(minibatch, f"iteration {net.iteration + 1}")
+                if minibatch >= PROGRESS_FROM else NoProgress())
+    record = net.train_iteration(data.images, data.labels, index, progress)
+    if not np.isfinite(record["loss"]) or not all(
+            np.all(np.isfinite(p)) for p in net.params().values()):
+        raise RuntimeError(
+            f"training diverged at iteration {net.iteration} (loss {record['loss']}): "
+            f"not saved, {path} keeps iteration {net.iteration - 1}; try a smaller --lr")
+    started = time.perf_counter()
+    net.save(path)
+    record["save_s"] = time.perf_counter() - started
+    record["rss_mb"] = rss_mb()
+    metrics.write(record)
+    exchange = ""
+    if "store_bytes" in record:
+        exchange = (f" stored {record['store_bytes'] / 2**20:.1f} MB "
+                    f"(write {record['store_write_s']:.2f}s read {record['store_read_s']:.2f}s)")
+    print(f"iteration {record['iteration']}: forward {record['forward_s']:.2f}s "
+          f"backward {record['backward_s']:.2f}s loss {record['loss']:.4f} "
+          f"({record['images_per_s']:.0f} images/s){exchange}", file=out, flush=True)
 
 
 def evaluate(kind, split, args, out=sys.stdout):
     """Print the accuracy of the saved parameters on the first args.images images of a split."""
     settings = Settings.from_flags(args)
+    check_settings(kind, settings)
+    if getattr(args, "batches", 1) > args.images:
+        raise UsageError(f"{args.batches} batches for {args.images} images: "
+                         "each batch needs at least one image")
+    path = checkpoint_path(settings, kind)
     data = load_images(settings, split, args.images)
-    with open_network(kind, settings, args, checkpoint_path(settings, kind)) as net:
+    from .cnn import CNN
+    check_fits(CNN.load(path), path, data, settings.data_dir)      # before Spark starts
+    with open_network(kind, settings, args, path) as net:
         progress = (Progress(len(data), "evaluating") if len(data) >= PROGRESS_FROM
                     else NoProgress())
         predicted = net.predict(data.images, progress)

@@ -259,6 +259,7 @@ def test_sigkill_then_resume_ends_bit_identical_locally(synthetic_dir, tmp_path)
     at_kill = kill_when_saved(script + ["--params-dir", str(killed)], killed / "naive.npz", 2,
                               env, ROOT, tmp_path / "killed.log")
     assert 2 <= at_kill < total                      # killed in the middle of the run
+    print(f"naive: killed at iteration {at_kill} of {total}")
     resumed = run_script("naive_train.py", *args, "--params-dir", killed, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert f"from iteration {at_kill} to {total}" in resumed.stdout

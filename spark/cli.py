@@ -198,7 +198,11 @@ def one_line(error):
     cause: the worker's own error line if there is one, else the last Java
     "Caused by:" with a message, never Py4J's "An error occurred while calling ...".
     """
-    text = str(error).strip() or type(error).__name__
+    try:
+        text = str(error).strip() or type(error).__name__
+    except Exception:  # noqa: BLE001 - a Py4J error asks the JVM for its text; it may be gone
+        return (f"a Spark call failed and Spark's JVM cannot say why any more "
+                f"({type(error).__name__}; it has probably stopped)")
     lines = text.splitlines()
     if len(lines) == 1:
         return text

@@ -298,3 +298,13 @@ def test_one_line_of_ordinary_errors():
     assert one_line(Py4JJavaError(PY4J + ": java.lang.IllegalStateException: "
                                          "SparkContext has been shutdown\n\tat x.y(Z.java:1)\n")) \
         == "SparkContext has been shutdown (IllegalStateException in Spark)"
+
+
+def test_a_py4j_error_whose_jvm_is_gone_is_still_one_line():
+    class GoneError(Exception):
+        def __str__(self):                 # py4j asks the JVM for the text, and it is dead
+            raise ConnectionRefusedError(111, "Connection refused")
+
+    line = one_line(GoneError())
+    assert line == ("a Spark call failed and Spark's JVM cannot say why any more "
+                    "(GoneError; it has probably stopped)")

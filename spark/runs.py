@@ -18,6 +18,8 @@ import socket
 import threading
 import time
 
+import psutil
+
 from .exchange import hdfs_store, redis_store
 from .store import MissingKeyError
 
@@ -47,12 +49,11 @@ def _process_gone(beat):
     if beat.get("host") != me["host"] or beat.get("boot") != me["boot"] or not beat.get("pid"):
         return False
     try:
-        os.kill(int(beat["pid"]), 0)
-    except ProcessLookupError:
+        return psutil.Process(int(beat["pid"])).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return True
-    except (PermissionError, ValueError, OverflowError):
+    except (psutil.Error, ValueError, OverflowError):
         return False
-    return False
 
 
 def is_dead(beat, now=None):

@@ -1,11 +1,7 @@
 """spark-submit of the real entry scripts with the built egg on local[2], against
 the real Redis and HDFS, then the matching evaluation scripts."""
 import json
-import os
 import re
-import subprocess
-import sys
-import uuid
 
 import pytest
 
@@ -13,31 +9,15 @@ import redis
 from hdfs import InsecureClient
 
 from spark.store import parse_redis_addresses
+from sparkjobs import job_env, submit
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def spark_submit():
-    import pyspark
-    return os.path.join(os.path.dirname(pyspark.__file__), "bin", "spark-submit")
-
-
-def submit(egg, script, args, env, cwd):
-    command = [spark_submit(), "--master", "local[2]", "--conf", "spark.ui.enabled=false",
-               "--py-files", egg, os.path.join(ROOT, script), *map(str, args)]
-    return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.parametrize("kind", ["spark", "locality"])
 def test_spark_submit_trains_and_evaluates_from_the_egg(kind, egg, synthetic_dir, service_env,
                                                         tmp_path):
-    root = f"/spark-cnn-submit-{uuid.uuid4().hex[:8]}"
-    env = dict(os.environ, **service_env)
-    env.update(SPARK_CNN_HDFS_ROOT=root, SPARK_CNN_DATA_DIR=synthetic_dir, SPARK_CNN_PARAMS_DIR=str(tmp_path / "params"),
-               PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable,
-               XDG_CACHE_HOME=str(tmp_path / "cache"),
-               SPARK_LOCAL_IP=os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"))
-    env.pop("PYTHONPATH", None)
+    env = job_env(service_env, tmp_path, synthetic_dir)
+    root = env["SPARK_CNN_HDFS_ROOT"]
     work = tmp_path / "cwd"                       # the project folder is not importable from here
     work.mkdir()
     metrics = tmp_path / "metrics.jsonl"
@@ -71,14 +51,9 @@ def test_spark_submit_trains_and_evaluates_from_the_egg(kind, egg, synthetic_dir
 
 def test_unreachable_redis_fails_with_one_line_and_leaves_nothing(egg, synthetic_dir, service_env,
                                                                    tmp_path):
-    root = f"/spark-cnn-submit-{uuid.uuid4().hex[:8]}"
-    env = dict(os.environ, **service_env)
-    env.update(SPARK_CNN_HDFS_ROOT=root, SPARK_CNN_REDIS="127.0.0.1:1",   # nothing listens there
-               SPARK_CNN_DATA_DIR=synthetic_dir, SPARK_CNN_PARAMS_DIR=str(tmp_path / "params"),
-               PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable,
-               XDG_CACHE_HOME=str(tmp_path / "cache"),
-               SPARK_LOCAL_IP=os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"))
-    env.pop("PYTHONPATH", None)
+    env = job_env(service_env, tmp_path, synthetic_dir,
+                  SPARK_CNN_REDIS="127.0.0.1:1")                # nothing listens there
+    root = env["SPARK_CNN_HDFS_ROOT"]
     result = submit(egg, "locality_train.py", [40, 1, 2], env, tmp_path)
     assert result.returncode == 1
     output = result.stdout + result.stderr

@@ -1,0 +1,110 @@
+"""Helpers for tests that run the entry scripts with spark-submit, or start their own servers."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def spark_submit():
+    import pyspark
+    return os.path.join(os.path.dirname(pyspark.__file__), "bin", "spark-submit")
+
+
+def job_env(service_env, tmp_path, data_dir, **extra):
+    """The environment of a submitted run: the services, its own HDFS folder, data and params."""
+    env = dict(os.environ, **service_env)
+    env.update(SPARK_CNN_HDFS_ROOT=f"/spark-cnn-tests-{uuid.uuid4().hex[:8]}",
+               SPARK_CNN_DATA_DIR=data_dir, SPARK_CNN_PARAMS_DIR=str(tmp_path / "params"),
+               PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable,
+               XDG_CACHE_HOME=str(tmp_path / "cache"),
+               SPARK_LOCAL_IP=os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"))
+    env.pop("PYTHONPATH", None)                   # the code comes from the egg only
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def submit_command(egg, script, args, master="local[2]"):
+    return [spark_submit(), "--master", master, "--conf", "spark.ui.enabled=false",
+            "--py-files", egg, os.path.join(ROOT, script), *map(str, args)]
+
+
+def submit(egg, script, args, env, cwd, master="local[2]", timeout=600):
+    """Run an entry script to its end -> CompletedProcess (text)."""
+    return subprocess.run(submit_command(egg, script, args, master), env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_submit(egg, script, args, env, cwd, master="local[2]", log=None):
+    """Start an entry script in its own process group -> Popen (output to `log` or DEVNULL)."""
+    out = open(log, "w") if log else subprocess.DEVNULL
+    return subprocess.Popen(submit_command(egg, script, args, master), env=env, cwd=cwd,
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def kill_group(proc):
+    """SIGKILL a process started by start_submit and everything it started."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
+def wait_for(condition, timeout, what, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A redis-server of our own on a free loopback port (optionally with a password)."""
+
+    def __init__(self, folder, password=None):
+        self.port, self.password = free_port(), password
+        self.address = f"127.0.0.1:{self.port}"
+        os.makedirs(folder, exist_ok=True)
+        config = os.path.join(folder, "redis.conf")
+        with open(os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(f"bind 127.0.0.1\nport {self.port}\nsave \"\"\nappendonly no\n"
+                    f"dir {folder}\n" + (f"requirepass {password}\n" if password else ""))
+        server = shutil.which("redis-server")
+        assert server, "redis-server is not installed (scripts/services.sh installs it)"
+        self.proc = subprocess.Popen([server, config], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.STDOUT)
+        wait_for(self._answers, 10, f"redis-server on {self.address}")
+
+    def client(self):
+        import redis
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password,
+                           socket_timeout=5)
+
+    def _answers(self):
+        try:
+            return self.client().ping()
+        except Exception:  # noqa: BLE001
+            return False
+
+    def keys(self):
+        return list(self.client().scan_iter(match="spark-cnn*", count=1000))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait(timeout=10)

@@ -1,0 +1,330 @@
+"""Faults done to real processes and servers while the Spark trainers run.
+
+In-process on local[2,3] (Spark retries a failed task up to 3 times): a
+killed Python worker, a flushed Redis, deleted HDFS files. Through
+spark-submit: a stalled Redis or DataNode (SIGSTOP), a killed driver, a Redis
+that wants a password, a Redis down at the start, spark-submit's --master.
+"""
+import os
+import signal
+import threading
+import time
+import uuid
+
+import numpy as np
+import psutil
+import pytest
+from hdfs import InsecureClient
+
+from spark.locality_cnn import LocalityCNN
+from spark.settings import Settings
+from spark.spark_cnn import SparkCNN
+from sparkjobs import (ROOT, RedisServer, job_env, kill_group, start_submit, submit, wait_for)
+
+KINDS = {"spark": SparkCNN, "locality": LocalityCNN}
+
+
+@pytest.fixture(scope="module")
+def sc():
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
+    from pyspark import SparkContext
+
+    from spark.spark_context import spark_conf
+
+    context = SparkContext(conf=spark_conf("spark-cnn fault tests").setMaster("local[2,3]"))
+    yield context
+    context.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    server = RedisServer(str(tmp_path / "redis"))
+    yield server
+    server.stop()
+
+
+def make_settings(redis, hdfs_settings, **extra):
+    return Settings(data_dir="", params_dir="", redis=redis, webhdfs=hdfs_settings.webhdfs,
+                    hdfs=hdfs_settings.hdfs, hdfs_user=hdfs_settings.user,
+                    hdfs_root=f"/spark-cnn-faults/{uuid.uuid4().hex[:8]}", **extra)
+
+
+def stage_running(sc, group):
+    """Whether a job of `group` has a task running now."""
+    tracker = sc.statusTracker()
+    for job_id in tracker.getJobIdsForGroup(group):
+        job = tracker.getJobInfo(job_id)
+        for stage_id in (job.stageIds if job else ()):
+            stage = tracker.getStageInfo(stage_id)
+            if stage and stage.numActiveTasks > 0:
+                return True
+    return False
+
+
+def failed_tasks(sc, group):
+    tracker = sc.statusTracker()
+    total = 0
+    for job_id in tracker.getJobIdsForGroup(group):
+        job = tracker.getJobInfo(job_id)
+        for stage_id in (job.stageIds if job else ()):
+            stage = tracker.getStageInfo(stage_id)
+            total += stage.numFailedTasks if stage else 0
+    return total
+
+
+def python_workers():
+    """Spark's Python worker processes under this test process (forks of pyspark.daemon)."""
+    def is_daemon(p):
+        try:
+            return "pyspark.daemon" in " ".join(p.cmdline())
+        except psutil.Error:
+            return False
+    return [p for p in psutil.Process().children(recursive=True)
+            if is_daemon(p) and p.parent() is not None and is_daemon(p.parent())]
+
+
+def train_with_fault(net, images, labels, iterations, fault_iteration, stage, fault):
+    """Train, doing `fault()` from another thread once iteration `fault_iteration`'s
+    `stage` has tasks running -> (metrics records, the fault's result)."""
+    done = {}
+
+    def inject():
+        group = f"{net.run_id}-{fault_iteration}-{stage}"
+        wait_for(lambda: stage_running(net.sc, group), 300, f"{group} to run", interval=0.01)
+        done["result"] = fault()
+
+    thread = threading.Thread(target=inject, daemon=True)
+    thread.start()
+    records = [net.train_iteration(images, labels) for _ in range(iterations)]
+    thread.join(timeout=60)
+    assert "result" in done, "the fault was never injected"
+    return records, done["result"]
+
+
+def reference_params(kind, settings, sc, images, labels, iterations):
+    net = KINDS[kind](sc=sc, settings=settings, batches=4, seed=3, chunk=32)
+    for _ in range(iterations):
+        net.train_iteration(images, labels)
+    net.close()
+    return net.params()
+
+
+def assert_same_params(a, b):
+    assert set(a) == set(b)
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
+
+
+@pytest.mark.parametrize("stage", ["forward", "backward"])
+def test_killed_python_worker_is_retried_and_changes_nothing(stage, sc, redis_addresses,
+                                                             hdfs_settings, synthetic_train):
+    images, labels = synthetic_train.images[:1200], synthetic_train.labels[:1200]
+    settings = make_settings(",".join(redis_addresses), hdfs_settings)
+    expected = reference_params("locality", settings, sc, images, labels, 2)
+    net = LocalityCNN(sc=sc, settings=settings, batches=4, seed=3, chunk=32)
+
+    def kill_workers():
+        killed = []
+        for worker in python_workers():
+            try:
+                worker.kill()
+                killed.append(worker.pid)
+            except psutil.NoSuchProcess:
+                pass
+        return killed
+
+    _, killed = train_with_fault(net, images, labels, 2, 2, stage, kill_workers)
+    assert killed, "no Python worker was running"
+    assert failed_tasks(sc, f"{net.run_id}-2-{stage}") >= 1        # Spark saw the loss and retried
+    net.close()
+    assert_same_params(net.params(), expected)
+
+
+def test_flushed_redis_matrices_are_recomputed(sc, own_redis, hdfs_settings, synthetic_train):
+    images, labels = synthetic_train.images[:1200], synthetic_train.labels[:1200]
+    settings = make_settings(own_redis.address, hdfs_settings)
+    expected = reference_params("locality", settings, sc, images, labels, 3)
+    net = LocalityCNN(sc=sc, settings=settings, batches=4, seed=3, chunk=32)
+    records, _ = train_with_fault(net, images, labels, 3, 2, "backward",
+                                  lambda: own_redis.client().flushall())
+    assert records[1]["recomputed_batches"] > 0
+    assert records[0]["recomputed_batches"] == records[2]["recomputed_batches"] == 0
+    net.close()
+    assert_same_params(net.params(), expected)
+    assert own_redis.keys() == []
+
+
+def test_deleted_hdfs_matrices_are_recomputed(sc, redis_addresses, hdfs_settings,
+                                              synthetic_train):
+    images, labels = synthetic_train.images[:1200], synthetic_train.labels[:1200]
+    settings = make_settings(",".join(redis_addresses), hdfs_settings)
+    expected = reference_params("spark", settings, sc, images, labels, 3)
+    net = SparkCNN(sc=sc, settings=settings, batches=4, seed=3, chunk=32)
+    client = InsecureClient(hdfs_settings.webhdfs, user=hdfs_settings.user)
+    folder = f"{settings.hdfs_root}/{net.run_id}"
+    records, deleted = train_with_fault(net, images, labels, 3, 2, "backward",
+                                        lambda: client.delete(folder, recursive=True))
+    assert deleted
+    assert records[1]["recomputed_batches"] > 0
+    net.close()
+    assert_same_params(net.params(), expected)
+    assert client.status(folder, strict=False) is None
+
+
+# ---------------------------------------------------------------- spark-submit
+
+
+def one_error_line(result, script):
+    output = result.stdout + result.stderr
+    errors = [line for line in output.splitlines() if line.startswith(f"{script}: error:")]
+    assert len(errors) == 1, output[-3000:]
+    assert "Traceback" not in output
+    return errors[0]
+
+
+@pytest.mark.parametrize("master", ["local[1]", "local[2,3]"])
+def test_spark_submit_master_reaches_the_context(master, egg, tmp_path):
+    script = tmp_path / "master.py"
+    script.write_text("from spark.spark_context import spark_context\n"
+                      "with spark_context('master check') as sc:\n"
+                      "    print('master', sc.master)\n")
+    env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1")
+    env.pop("PYTHONPATH", None)
+    result = submit(egg, str(script), [], env, tmp_path, master=master)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"master {master}" in result.stdout.splitlines()
+
+
+def test_redis_password_missing_wrong_and_right(egg, synthetic_dir, service_env, tmp_path):
+    password = "pw-" + uuid.uuid4().hex
+    server = RedisServer(str(tmp_path / "redis"), password=password)
+    try:
+        env = job_env(service_env, tmp_path, synthetic_dir, SPARK_CNN_REDIS=server.address)
+        env.pop("SPARK_CNN_REDIS_PASSWORD", None)
+        env.pop("SPARK_CNN_REDIS_PASSWORD_FILE", None)
+        started = time.monotonic()
+        missing = submit(egg, "locality_train.py", [40, 1, 2], env, tmp_path)
+        assert missing.returncode == 1
+        line = one_error_line(missing, "locality_train.py")
+        assert f"Redis at {server.address}: authentication required" in line
+        assert time.monotonic() - started < 60
+
+        wrong = submit(egg, "locality_train.py", [40, 1, 2],
+                       dict(env, SPARK_CNN_REDIS_PASSWORD="not-" + password), tmp_path)
+        assert wrong.returncode == 1
+        line = one_error_line(wrong, "locality_train.py")
+        assert f"Redis at {server.address}: the password was refused" in line
+        assert "not-" + password not in wrong.stdout + wrong.stderr
+
+        secret = tmp_path / "password"
+        secret.write_text(password + "\n")
+        metrics = tmp_path / "metrics.jsonl"
+        right = submit(egg, "locality_train.py", [40, 2, 2, "--metrics", metrics, "--debug"],
+                       dict(env, SPARK_CNN_REDIS_PASSWORD_FILE=str(secret)), tmp_path)
+        assert right.returncode == 0, right.stderr[-3000:]
+        assert password not in right.stdout + right.stderr + metrics.read_text()
+        assert server.keys() == []
+    finally:
+        server.stop()
+
+
+def test_a_redis_down_at_the_start_is_named(egg, synthetic_dir, service_env, redis_addresses,
+                                            tmp_path):
+    from sparkjobs import free_port
+    dead = f"127.0.0.1:{free_port()}"
+    env = job_env(service_env, tmp_path, synthetic_dir,
+                  SPARK_CNN_REDIS=",".join([redis_addresses[0], dead]))
+    started = time.monotonic()
+    result = submit(egg, "locality_train.py", [40, 1, 2], env, tmp_path)
+    assert result.returncode == 1
+    assert f"cannot reach Redis at {dead}: connection refused" in one_error_line(
+        result, "locality_train.py")
+    assert time.monotonic() - started < 30 + 20           # + Spark's start and stop
+    assert not (tmp_path / "params" / "locality.npz").exists()
+
+
+def iteration_done(metrics, n):
+    def check():
+        if not metrics.exists():
+            return False
+        return len(metrics.read_text().splitlines()) >= n
+    return check
+
+
+@pytest.mark.parametrize("kind", ["locality", "spark"])
+def test_a_stalled_server_ends_the_run_within_twice_the_timeout(kind, egg, synthetic_dir,
+                                                                  service_env, tmp_path):
+    """SIGSTOP of the run's Redis (locality) or of the DataNode (spark: a spare HDFS)."""
+    timeout = 5
+    if kind == "locality":
+        server = RedisServer(str(tmp_path / "redis"))
+        env = job_env(service_env, tmp_path, synthetic_dir, SPARK_CNN_REDIS=server.address,
+                      SPARK_CNN_IO_TIMEOUT=timeout)
+        stalled, name = server.proc.pid, f"Redis at {server.address} did not answer within 5 s"
+    else:
+        server = None
+        env = job_env(service_env, tmp_path, synthetic_dir, SPARK_CNN_IO_TIMEOUT=timeout)
+        stalled = datanode_pid()
+        name = "the HDFS DataNode at 127.0.0.1:"
+    metrics = tmp_path / "metrics.jsonl"
+    proc = start_submit(egg, f"{kind}_train.py", [400, 50, 2, "--metrics", metrics], env,
+                        tmp_path, log=tmp_path / "log")
+    try:
+        wait_for(iteration_done(metrics, 1), 180, "the first iteration", interval=0.2)
+        os.kill(stalled, signal.SIGSTOP)
+        stopped = time.monotonic()
+        proc.wait(timeout=120)
+        elapsed = time.monotonic() - stopped
+    finally:
+        os.kill(stalled, signal.SIGCONT)
+        kill_group(proc)
+        if server:
+            server.stop()
+    output = (tmp_path / "log").read_text()
+    assert proc.returncode == 1, output[-3000:]
+    errors = [line for line in output.splitlines() if line.startswith(f"{kind}_train.py: error:")]
+    assert len(errors) == 1 and name in errors[0], output[-3000:]
+    assert "did not answer within 5 s" in errors[0]
+    # the error comes within 2 x the timeout; Spark's own shutdown adds a few seconds
+    assert elapsed < 2 * timeout + 15, elapsed
+
+
+def datanode_pid():
+    for p in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(p.info["cmdline"] or [])
+        if "org.apache.hadoop.hdfs.server.datanode.DataNode" in cmdline and \
+                os.path.join(ROOT, ".runtime") in cmdline:
+            return p.pid
+    raise AssertionError("no DataNode of scripts/services.sh is running")
+
+
+@pytest.mark.parametrize("kind", ["locality", "spark"])
+def test_what_a_killed_driver_left_is_removed_by_the_next_run(kind, egg, synthetic_dir,
+                                                              service_env, tmp_path):
+    server = RedisServer(str(tmp_path / "redis"))
+    env = job_env(service_env, tmp_path, synthetic_dir, SPARK_CNN_REDIS=server.address)
+    hdfs = InsecureClient(env["SPARK_CNN_WEBHDFS"], user=env["SPARK_CNN_HDFS_USER"])
+    root = env["SPARK_CNN_HDFS_ROOT"]
+
+    def leftovers():
+        if kind == "locality":
+            return [k for k in server.keys() if b":k:" in k]
+        folders = hdfs.list(root) if hdfs.status(root, strict=False) else []
+        return [f for f in folders if f != ".runs" and hdfs.content(f"{root}/{f}")["fileCount"]]
+
+    try:
+        proc = start_submit(egg, f"{kind}_train.py", [400, 50, 2], env, tmp_path)
+        try:
+            wait_for(leftovers, 180, "the run's matrices", interval=0.01)
+        finally:
+            kill_group(proc)
+        assert leftovers(), "the killed driver left nothing to clean"
+        result = submit(egg, f"{kind}_train.py", [40, 1, 2], env, tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        output = result.stdout + result.stderr          # spark-submit merges the two
+        assert "left in" in output and "its driver is gone" in output, output[-3000:]
+        assert server.keys() == []
+        assert hdfs.status(root, strict=False) is None or hdfs.list(root) == []
+    finally:
+        server.stop()

@@ -160,7 +160,9 @@ in_ns() {
 # over its environment: it is known by the title (address and port).
 is_tagged() {
     if [ "$3" = redis ]; then
-        tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline" | grep -q "^redis-server $(node_ip "$2"):$REDIS_PORT "
+        local title
+        title=$(tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline") || return 1
+        [[ $title == "redis-server $(node_ip "$2"):$REDIS_PORT "* ]]
     else
         grep -qzx "SPARK_CNN_CLUSTER_DAEMON=$(tag "$2" "$3")" "/proc/$1/environ" 2>/dev/null
     fi
@@ -243,15 +245,17 @@ check_bridge_owner() {
 }
 
 net_up() {  # K
-    local n=$1 k ns veth ip
+    local n=$1 k ns veth ip addrs
     check_bridge_owner
     if [ ! -e "/sys/class/net/$BRIDGE" ]; then
         log "network: bridge $BRIDGE $BRIDGE_IP/24"
         ip link add "$BRIDGE" type bridge
     fi
     ip link set "$BRIDGE" alias "$OWNER_TAG"
-    ip -o addr show dev "$BRIDGE" | grep -qF " $BRIDGE_IP/24 " \
-        || ip addr add "$BRIDGE_IP/24" dev "$BRIDGE"
+    # (the listing in a variable first: `ip | grep -q` fails under pipefail
+    # when grep stops reading early)
+    addrs=$(ip -o addr show dev "$BRIDGE")
+    [[ $addrs == *" $BRIDGE_IP/24 "* ]] || ip addr add "$BRIDGE_IP/24" dev "$BRIDGE"
     ip link set "$BRIDGE" up
     for ((k = 1; k <= n; k++)); do
         ns=$(ns_name "$k"); veth=$(veth_name "$k"); ip=$(node_ip "$k")
@@ -268,8 +272,8 @@ net_up() {  # K
             ip link add "$veth" type veth peer name eth0 netns "$ns"
         fi
         ip link set "$veth" master "$BRIDGE" up
-        ip -n "$ns" -o addr show dev eth0 | grep -qF " $ip/24 " \
-            || ip -n "$ns" addr add "$ip/24" dev eth0
+        addrs=$(ip -n "$ns" -o addr show dev eth0)
+        [[ $addrs == *" $ip/24 "* ]] || ip -n "$ns" addr add "$ip/24" dev eth0
         ip -n "$ns" link set eth0 up
         ip -n "$ns" link set lo up
         ip -n "$ns" route replace default via "$BRIDGE_IP"
@@ -278,16 +282,27 @@ net_up() {  # K
 
 # ---------------------------------------------------------------- daemons
 
+# The daemons' environment: these variables of ours and nothing else of the
+# caller's (no SPARK_CONF_DIR, PYTHONPATH, SPARK_CNN_* ... of whoever ran `up`).
+daemon_base_env() {
+    local v
+    for v in PATH HOME USER LOGNAME LANG LC_ALL TZ TMPDIR JAVA_HOME XDG_CACHE_HOME; do
+        [ -z "${!v:-}" ] || printf '%s\0' "$v=${!v}"
+    done
+}
+
 # spawn NODE NAME CMD... : CMD detached (own session, stdin /dev/null, output
-# appended to the daemon's log) inside node NODE; the pidfile gets CMD's pid
-# (bash writes its own pid, then execs).
+# appended to the daemon's log, the environment of daemon_base_env) inside
+# node NODE; the pidfile gets CMD's pid (bash writes its own pid, then execs).
 spawn() {
-    local k=$1 name=$2 pf lf i
+    local k=$1 name=$2 pf lf i base
     shift 2
     pf=$(pidfile "$k" "$name"); lf=$(logfile "$k" "$name")
+    mapfile -d '' base < <(daemon_base_env)
     rm -f "$pf"
     echo "==== $(date '+%F %T') cluster.sh starts $name" >>"$lf"
-    setsid ip netns exec "$(ns_name "$k")" env "SPARK_CNN_CLUSTER_DAEMON=$(tag "$k" "$name")" \
+    setsid ip netns exec "$(ns_name "$k")" \
+        env -i "${base[@]}" "SPARK_CNN_CLUSTER_DAEMON=$(tag "$k" "$name")" \
         bash -c "echo \$\$ >\"\$1\"; shift; $CLOSE_FDS"' exec "$@"' _ "$pf" "$@" \
         </dev/null >>"$lf" 2>&1 &
     for ((i = 0; i < 100; i++)); do
@@ -624,6 +639,7 @@ cmd_kill_node() {
         esac
     done
     if (( ${#victims[@]} )); then
+        mapfile -t victims < <(printf '%s\n' "${victims[@]}" | sort -n -u)
         kill -KILL "${victims[@]}" 2>/dev/null || true
     fi
     local i

@@ -9,7 +9,7 @@ pid_alive() {
     [ -f "$pidfile" ] || return 1
     pid=$(tr -dc '0-9' <"$pidfile" 2>/dev/null || true)
     if [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] \
-        && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$marker"; then
+        && [[ $(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline") == *"$marker"* ]]; then
         return 0
     fi
     rm -f "$pidfile"

@@ -173,6 +173,7 @@ class SparkCNN(CNN):
             "backward_reads_remote": back["backward_reads_remote"],
             "backward_hosts": sorted(set(back["backward_hosts"])),
             "recomputed_batches": back["recomputed_batches"],
+            "store_read_bytes_remote": back["store_read_bytes_remote"],
             "im2col": sorted(self.im2col_backends),
         }
         return loss, backward.grads, timings

@@ -29,6 +29,12 @@ def spark_conf(app_name, debug=False):
     if not conf.contains("spark.log.level"):
         default = "WARN" if debug else "FATAL"
         conf.set("spark.log.level", os.environ.get("SPARK_CNN_SPARK_LOG_LEVEL", default))
+    # On a cluster, start once every executor asked for has registered (up to a
+    # minute): the first iteration's batches then spread over all the nodes.
+    if not conf.contains("spark.scheduler.minRegisteredResourcesRatio"):
+        conf.set("spark.scheduler.minRegisteredResourcesRatio", "1.0")
+    if not conf.contains("spark.scheduler.maxRegisteredResourcesWaitingTime"):
+        conf.set("spark.scheduler.maxRegisteredResourcesWaitingTime", "60s")
     cpus = conf.get("spark.task.cpus", "1")
     for variable in BLAS_THREAD_VARIABLES:
         key = f"spark.executorEnv.{variable}"

@@ -173,21 +173,22 @@ def forward_task(job, images_bc, state_bc, item):
 
 
 def _read_caches(net, store, record):
-    """The batch's stored caches, one dict per layer -> (caches, read from this node?).
+    """The batch's stored caches, one dict per layer -> (caches, read from this node?, bytes).
 
     Raises StoreError when a matrix is missing or does not have the batch's rows.
     """
     caches = [{} for _ in net.layers]
-    local = True
+    local, nbytes = True, 0
     for layer, name, key in record.keys:
         array = store.get(key)
         if array.shape[:1] != (record.count,):
             raise StoreError(f"{key} holds {array.shape[0] if array.ndim else 0} rows, "
                              f"expected {record.count}")
         caches[layer][name] = array
+        nbytes += array.nbytes
         where = getattr(store, "last_get_address", None)     # Redis address or DataNode host
         local = local and bool(where) and address_is_local(where)
-    return caches, local
+    return caches, local, nbytes
 
 
 def backward_task(job, images_bc, state_bc, dscores_bc, record_json):
@@ -205,7 +206,7 @@ def backward_task(job, images_bc, state_bc, dscores_bc, record_json):
     store = open_matrix_store(job.exchange)
     recomputed = 0
     try:
-        caches, local = _read_caches(net, store, record)
+        caches, local, nbytes = _read_caches(net, store, record)
         inputs = record.inputs
     except StoreAuthError:
         raise
@@ -213,7 +214,7 @@ def backward_task(job, images_bc, state_bc, dscores_bc, record_json):
         print(f"spark-cnn: iteration {job.iteration + 1} batch {record.batch}: its matrices are "
               f"gone ({e}); recomputing its forward pass", file=sys.stderr, flush=True)
         _, caches, inputs = _forward_chunks(net, images_bc.value, index)
-        recomputed, local = 1, None
+        recomputed, local, nbytes = 1, None, 0
     loaded = time.perf_counter()
     dscores = dscores_bc.value[offset:offset + count]
     grads = {name: np.zeros_like(p) for name, p in net.params().items()}
@@ -228,6 +229,7 @@ def backward_task(job, images_bc, state_bc, dscores_bc, record_json):
     stats = {"store_read_s": loaded - started, "task_backward_s": time.perf_counter() - loaded,
              "im2col": [im2col.backend()], "recomputed_batches": recomputed,
              "backward_reads_local": int(local is True), "backward_reads_remote": int(local is False),
+             "store_read_bytes_remote": nbytes if local is False else 0,
              "backward_hosts": node_names(job.driver_host)[:1]}
     return BackwardResult(grads, stats)
 

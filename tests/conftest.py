@@ -275,14 +275,19 @@ def cluster_leftovers(net: int = 0, netns_inodes=()) -> list[str]:
 def cluster():
     """The simulated 3-node cluster (`scripts/cluster.sh up 3`), shared by the
     session; fails (never skips) if it cannot start. Its teardown runs `down`
-    and checks that nothing of the cluster is left."""
+    and checks that nothing of the cluster is left; a cluster that was already
+    fully up before the session (started by hand or by another session) is
+    left running."""
     if os.geteuid() != 0:
         pytest.fail("the cluster tier needs root (network namespaces): run as root or -m 'not cluster'")
     handle = Cluster(CLUSTER_NODES)
+    already_up = handle.status().returncode == 0
     handle.up()
     prefix = cluster_namespace_prefix()
     inodes = {os.stat(f"/run/netns/{prefix}-node{k}").st_ino for k in range(1, handle.nodes + 1)}
     yield handle
+    if already_up:
+        return
     proc = handle.down()
     assert proc.returncode == 0, f"cluster.sh down failed:\n{proc.stderr[-4000:]}"
     left = cluster_leftovers(0, inodes)

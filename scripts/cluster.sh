@@ -156,16 +156,17 @@ in_ns() {
     [ "$(readlink "/proc/$1/ns/net" 2>/dev/null)" = "net:[$ino]" ]
 }
 
-# is_tagged PID NODE NAME: 0 if PID is that daemon. Redis writes its title
-# over its environment: it is known by the title (address and port).
+# is_tagged PID NODE NAME: 0 if PID is that daemon. Redis, once started,
+# writes its title over its environment: it is known by that title (address
+# and port) or by its config file on the command line.
 is_tagged() {
-    if [ "$3" = redis ]; then
-        local title
-        title=$(tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline") || return 1
-        [[ $title == "redis-server $(node_ip "$2"):$REDIS_PORT "* ]]
-    else
-        grep -qzx "SPARK_CNN_CLUSTER_DAEMON=$(tag "$2" "$3")" "/proc/$1/environ" 2>/dev/null
-    fi
+    grep -qzx "SPARK_CNN_CLUSTER_DAEMON=$(tag "$2" "$3")" "/proc/$1/environ" 2>/dev/null && return 0
+    [ "$3" = redis ] || return 1
+    local title
+    title=$(tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline") || return 1
+    [[ $title == "redis-server $(node_ip "$2"):$REDIS_PORT "* \
+        || $title == "redis-server $(node_dir "$2")/redis/redis.conf "* ]] && return 0
+    [[ $title == "redis-server "* ]] && in_ns "$1" "$2"     # another title template
 }
 
 # tagged_pid NODE NAME: prints the daemon's pid if its pidfile names a live

@@ -697,10 +697,15 @@ cmd_status() {
 }
 
 cmd_down() {
-    need_root
-    check_bridge_owner
     local nodes k name pid pids=() p i left
     nodes=$(known_nodes)
+    if [ -z "$nodes" ] && [ ! -e "/sys/class/net/$BRIDGE" ]; then
+        log "nothing is up"
+        rm -f "$STATE"
+        return 0
+    fi
+    need_root
+    check_bridge_owner
     # 1. every daemon by its pid: SIGTERM, a few seconds to finish
     for k in $nodes; do
         for name in worker master datanode namenode redis; do

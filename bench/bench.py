@@ -9,6 +9,12 @@
         local vs Spark+HDFS vs Spark+Redis, same N, I, B: iteration time split into
         forward, backward, store I/O and broadcast, and bytes stored per image.
         Needs the egg (scripts/install.sh) and the services (scripts/services.sh start).
+    python3 bench/bench.py cluster [--nodes 1,2,3] [--images 6000] [--iterations 4] [--batches 6]
+        both Spark trainers on the simulated cluster of scripts/cluster.sh (root),
+        brought up with 1, 2, 3 nodes in turn: iteration time, the share of
+        backward reads on the task's own node, and the bytes that crossed
+        between nodes per iteration (counted on the nodes' links to the bridge).
+        Then a model of the speed-up on K real machines from these costs.
 
 Every run goes through the real entry scripts with --metrics, in a fresh
 process; data from --data-dir or SPARK_CNN_DATA_DIR.
@@ -22,6 +28,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -112,18 +120,118 @@ def compare(args):
     print("write/read: summed over the tasks of a stage; KB = 1000 bytes")
 
 
+def cluster_sh(*args, capture=True):
+    """bash scripts/cluster.sh ARGS (the caller's SPARK_CNN_* settings left out)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("SPARK_CNN_") or k.startswith("SPARK_CNN_CLUSTER_")}
+    result = subprocess.run(["bash", os.path.join(ROOT, "scripts", "cluster.sh"), *map(str, args)],
+                            env=env, capture_output=capture, text=True)
+    if result.returncode != 0:
+        sys.exit(f"bench.py: cluster.sh {' '.join(map(str, args))} failed:\n"
+                 f"{(result.stderr or '')[-3000:]}")
+    return result
+
+
+def bridge_bytes(nodes):
+    """Bytes the nodes have sent into the bridge so far (host ends of their veth pairs)."""
+    total = 0
+    for k in range(1, nodes + 1):
+        with open(f"/sys/class/net/scnv{k}/statistics/rx_bytes") as f:
+            total += int(f.read())
+    return total
+
+
+def cluster_run(kind, nodes, args, data_dir):
+    """One trainer on the cluster -> (records, bytes crossed per iteration)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics = os.path.join(tmp, "metrics.jsonl")
+        command = ["bash", os.path.join(ROOT, "scripts", "cluster.sh"), "submit",
+                   os.path.join(ROOT, f"{kind}_train.py"), str(args.images),
+                   str(args.iterations), str(args.batches), "--metrics", metrics,
+                   "--params-dir", tmp] + (["--data-dir", data_dir] if data_dir else [])
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SPARK_CNN_")}
+        crossed, stop = [], threading.Event()
+
+        def watch():                         # counters at every iteration boundary
+            seen, last = 0, bridge_bytes(nodes)
+            while not stop.is_set():
+                lines = open(metrics).read().count("\n") if os.path.exists(metrics) else 0
+                if lines > seen:
+                    now = bridge_bytes(nodes)
+                    crossed.append((now - last) / (lines - seen))
+                    seen, last = lines, now
+                time.sleep(0.02)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
+        stop.set()
+        watcher.join()
+        if result.returncode != 0:
+            sys.exit(f"bench.py: {kind} on {nodes} nodes failed:\n{result.stdout[-2000:]}"
+                     f"{result.stderr[-2000:]}")
+        with open(metrics) as f:
+            return [json.loads(line) for line in f], crossed
+
+
+def cluster(args):
+    data_dir = os.path.abspath(args.data_dir) if args.data_dir else None
+    rows = []
+    for nodes in [int(k) for k in args.nodes.split(",")]:
+        cluster_sh("down")
+        cluster_sh("up", nodes)
+        for kind in ("locality", "spark"):
+            records, crossed = cluster_run(kind, nodes, args, data_dir)
+            later = records[1:] or records
+            reads = sum(r["backward_reads_local"] + r["backward_reads_remote"] for r in later)
+            rows.append(dict(
+                nodes=nodes, kind=kind, time=statistics.median(iteration_time(r) for r in later),
+                local=sum(r["backward_reads_local"] for r in later) / max(reads, 1),
+                remote_mb=statistics.median(r["store_read_bytes_remote"] for r in later) / 1e6,
+                crossed_mb=statistics.median(crossed[1:] or crossed) / 1e6 if crossed else 0.0,
+                task_s=statistics.median(r["task_forward_s"] + r["task_backward_s"]
+                                         + r["store_write_s"] + r["store_read_s"] for r in later),
+                hosts=len(set().union(*(r["backward_hosts"] for r in later)))))
+    cluster_sh("down")
+    print(f"N={args.images} I={args.iterations} B={args.batches}, simulated nodes of 1 core each "
+          "on this machine's 2 cores; medians over iterations 2..I")
+    print(f"{'nodes':>5s} {'trainer':9s} {'iteration s':>11s} {'x 1 node':>8s} {'local reads':>11s} "
+          f"{'hosts':>5s} {'remote store MB':>15s} {'crossed MB':>10s} {'task s':>7s}")
+    first = {r["kind"]: r["time"] for r in rows if r["nodes"] == rows[0]["nodes"]}
+    for r in rows:
+        print(f"{r['nodes']:5d} {r['kind']:9s} {r['time']:11.2f} {r['time'] / first[r['kind']]:8.2f} "
+              f"{r['local']:11.0%} {r['hosts']:5d} {r['remote_mb']:15.1f} {r['crossed_mb']:10.1f} "
+              f"{r['task_s']:7.2f}")
+    print("task s: the tasks' own compute and store time, summed over the batches of an iteration")
+    print()
+    print("model: time on K machines of c cores = fixed + tasks / (K c) + crossed bytes / bandwidth")
+    for kind in ("locality", "spark"):
+        one = next(r for r in rows if r["kind"] == kind)
+        fixed = max(one["time"] - one["task_s"] / one["nodes"], 0.0)
+        crossed_per_image = max(r["crossed_mb"] for r in rows if r["kind"] == kind) / args.images
+        cells = []
+        for machines in (1, 2, 4, 8, 16):
+            predicted = (fixed + one["task_s"] / machines
+                         + crossed_per_image * args.images * (machines - 1) / machines / 125.0)
+            cells.append(f"K={machines}: {predicted:.2f}s ({(fixed + one['task_s']) / predicted:.1f}x)")
+        print(f"  {kind}: fixed {fixed:.2f}s, tasks {one['task_s']:.2f}s per iteration; with 1 core "
+              f"per machine and 1 Gbit/s: " + ", ".join(cells))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=("throughput", "memory", "compare"))
+    parser.add_argument("what", choices=("throughput", "memory", "compare", "cluster"))
     parser.add_argument("--images", type=int)
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--nodes", default="1,2,3", help="cluster: node counts to measure")
     parser.add_argument("--data-dir", default=os.environ.get("SPARK_CNN_DATA_DIR"))
     args = parser.parse_args(argv)
     if args.images is None:
-        args.images = 50000 if args.what == "memory" else 10000
-    {"throughput": throughput, "memory": memory, "compare": compare}[args.what](args)
+        args.images = {"memory": 50000, "cluster": 6000}.get(args.what, 10000)
+    {"throughput": throughput, "memory": memory, "compare": compare,
+     "cluster": cluster}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -390,6 +390,22 @@ def _reason(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def _loopback(address: str) -> bool:
+    """Whether a Redis address is a unix socket or a loopback address (one of scripts/services.sh)."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    return address.startswith("unix://") or host in ("localhost", "::1") or host.startswith("127.")
+
+
+_WARNED: set = set()
+
+
+def _warn_once(what: str, error: BaseException) -> None:
+    """Log a skipped server once per process, not at every iteration."""
+    if str(error) not in _WARNED:
+        _WARNED.add(str(error))
+        log.warning("%s: skipping %s", what, error)
+
+
 def _redis_errors():
     import redis
     return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
@@ -482,8 +498,8 @@ class RedisStore(ArrayStore):
             return StoreTimeoutError(
                 f"Redis at {address} did not answer within {self.timeout:g} s "
                 "(stalled or overloaded?; SPARK_CNN_IO_TIMEOUT sets the limit)")
-        return StoreUnavailableError(
-            f"cannot reach Redis at {address}: {_reason(exc)}; {START_HINT}")
+        hint = START_HINT if _loopback(address) else "is the server up and reachable from here?"
+        return StoreUnavailableError(f"cannot reach Redis at {address}: {_reason(exc)}; {hint}")
 
     # -- put
     def put(self, key: str, array) -> int:
@@ -659,7 +675,7 @@ class RedisStore(ArrayStore):
                 for k in self._scan(self._client(address), f"{self._prefix}k:*"):
                     found.add(k.decode()[start:])
             except _redis_errors() as e:
-                log.warning("keys(): skipping %s", self._unavailable(address, e))
+                _warn_once("keys()", self._unavailable(address, e))
         return sorted(found)
 
     def check(self) -> None:
@@ -680,7 +696,7 @@ class RedisStore(ArrayStore):
                     if len(parts) > 2:
                         found.add(parts[1])
             except _redis_errors() as e:
-                log.warning("namespaces(): skipping %s", self._unavailable(address, e))
+                _warn_once("namespaces()", self._unavailable(address, e))
         return found
 
     def delete_all(self) -> int:
@@ -702,7 +718,7 @@ class RedisStore(ArrayStore):
                 if batch:
                     removed += client.unlink(*batch)
             except _redis_errors() as e:
-                log.warning("delete_all(): skipping %s", self._unavailable(address, e))
+                _warn_once("clean-up", self._unavailable(address, e))
         return removed
 
 

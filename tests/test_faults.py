@@ -328,3 +328,24 @@ def test_what_a_killed_driver_left_is_removed_by_the_next_run(kind, egg, synthet
         assert hdfs.status(root, strict=False) is None or hdfs.list(root) == []
     finally:
         server.stop()
+
+
+def test_an_hdfs_write_the_user_may_not_make_is_one_clear_line(egg, synthetic_dir, service_env,
+                                                                tmp_path):
+    """HDFS checks permissions: a folder of the superuser, 0755, is not the user's to write."""
+    superuser = InsecureClient(service_env["SPARK_CNN_WEBHDFS"],
+                               user=service_env["SPARK_CNN_HDFS_USER"])
+    locked = f"/spark-cnn-locked-{uuid.uuid4().hex[:8]}"
+    superuser.makedirs(locked, permission="755")
+    try:
+        env = job_env(service_env, tmp_path, synthetic_dir, SPARK_CNN_HDFS_USER="spark-cnn-guest",
+                      SPARK_CNN_HDFS_ROOT=f"{locked}/work")
+        result = submit(egg, "spark_train.py", [40, 1, 2], env, tmp_path)
+        assert result.returncode == 1
+        line = one_error_line(result, "spark_train.py")
+        assert f"HDFS refused writing {locked}/work/" in line, line
+        assert "to user 'spark-cnn-guest'" in line and "Permission denied" in line, line
+        assert superuser.list(locked) == []
+        assert not (tmp_path / "params" / "spark.npz").exists()
+    finally:
+        superuser.delete(locked, recursive=True)

@@ -134,9 +134,11 @@ def cluster_sh(*args, capture=True):
 
 def bridge_bytes(nodes):
     """Bytes the nodes have sent into the bridge so far (host ends of their veth pairs)."""
+    net = int(os.environ.get("SPARK_CNN_CLUSTER_NET", "0"))
+    prefix = "scn" if net == 0 else f"scn{net}"            # as scripts/cluster.sh names them
     total = 0
     for k in range(1, nodes + 1):
-        with open(f"/sys/class/net/scnv{k}/statistics/rx_bytes") as f:
+        with open(f"/sys/class/net/{prefix}v{k}/statistics/rx_bytes") as f:
             total += int(f.read())
     return total
 

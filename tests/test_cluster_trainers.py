@@ -38,9 +38,10 @@ def naive_run(synthetic_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("naive")
     metrics = folder / "metrics.jsonl"
     env = dict(os.environ, PYTHONPATH=ROOT)
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "naive_train.py"), IMAGES,
-                             ITERATIONS, "--seed", "3", "--metrics", metrics, "--data-dir",
-                             synthetic_dir, "--params-dir", folder / "params"],
+    command = [sys.executable, os.path.join(ROOT, "naive_train.py"), IMAGES, ITERATIONS,
+               "--seed", 3, "--metrics", metrics, "--data-dir", synthetic_dir,
+               "--params-dir", folder / "params"]
+    result = subprocess.run(list(map(str, command)),
                             env={k: str(v) for k, v in env.items()}, capture_output=True,
                             text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

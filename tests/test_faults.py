@@ -221,7 +221,9 @@ def test_redis_password_missing_wrong_and_right(egg, synthetic_dir, service_env,
         secret.write_text(password + "\n")
         metrics = tmp_path / "metrics.jsonl"
         right = submit(egg, "locality_train.py", [40, 2, 2, "--metrics", metrics, "--debug"],
-                       dict(env, SPARK_CNN_REDIS_PASSWORD_FILE=str(secret)), tmp_path)
+                       dict(env, SPARK_CNN_REDIS_PASSWORD_FILE=str(secret),
+                            SPARK_CNN_WEBHDFS="http://127.0.0.1:1"),    # the Redis exchange needs no HDFS
+                       tmp_path)
         assert right.returncode == 0, right.stderr[-3000:]
         assert password not in right.stdout + right.stderr + metrics.read_text()
         assert server.keys() == []

@@ -151,7 +151,8 @@ def cluster_run(kind, nodes, args, data_dir):
                    os.path.join(ROOT, f"{kind}_train.py"), str(args.images),
                    str(args.iterations), str(args.batches), "--metrics", metrics,
                    "--params-dir", tmp] + (["--data-dir", data_dir] if data_dir else [])
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SPARK_CNN_")}
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("SPARK_CNN_") or k.startswith("SPARK_CNN_CLUSTER_")}
         crossed, stop = [], threading.Event()
 
         def watch():                         # counters at every iteration boundary

@@ -232,17 +232,28 @@ def test_kill_node_then_up_heals(cluster):
     assert redis.Redis(host="10.231.0.2", port=6379, password=secret, socket_timeout=5).ping()
 
 
+def free_cluster_net():
+    """A network number N (10.231.N.0/24) that no cluster on this machine uses."""
+    namespaces = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
+    for net in range(201, 254):
+        if not os.path.exists(f"/sys/class/net/scn{net}br0") and not any(
+                name.startswith(f"scn{net}-") for name in namespaces):
+            return net
+    pytest.fail("no free SPARK_CNN_CLUSTER_NET in 201..253")
+
+
 def test_down_after_failed_up_and_kill_node_leaves_nothing(tmp_path):
-    """A second, one-node cluster on 10.231.7.0/24 whose `up` gives up early."""
-    small = Cluster(1, extra_env={"SPARK_CNN_CLUSTER_NET": "7",
+    """A second, one-node cluster on a free 10.231.N.0/24 whose `up` gives up early."""
+    net = free_cluster_net()
+    small = Cluster(1, extra_env={"SPARK_CNN_CLUSTER_NET": str(net),
                                   "SPARK_CNN_CLUSTER_RUNTIME": str(tmp_path / "runtime"),
                                   "SPARK_CNN_CLUSTER_START_TIMEOUT": "2"})
     try:
         proc = small.run("up", 1)
         assert proc.returncode == 1 and proc.stdout == "", proc.stdout + proc.stderr
         assert "not ready after 2s" in proc.stderr, proc.stderr[-3000:]
-        assert os.path.exists("/run/netns/scn7-node1")
-        inode = os.stat("/run/netns/scn7-node1").st_ino
+        assert os.path.exists(f"/run/netns/scn{net}-node1")
+        inode = os.stat(f"/run/netns/scn{net}-node1").st_ino
         status = small.status()
         assert status.returncode == 1
         proc = small.kill_node(1)
@@ -250,7 +261,7 @@ def test_down_after_failed_up_and_kill_node_leaves_nothing(tmp_path):
     finally:
         proc = small.down()
     assert proc.returncode == 0, proc.stderr
-    assert cluster_leftovers(7, {inode}) == []
+    assert cluster_leftovers(net, {inode}) == []
     # nothing up: down and status still answer
     assert small.down().returncode == 0
     status = small.status()

@@ -236,6 +236,8 @@ def _iteration(net, data, images, minibatch, path, metrics, out):
     if "store_bytes" in record:
         exchange = (f" stored {record['store_bytes'] / 2**20:.1f} MB "
                     f"(write {record['store_write_s']:.2f}s read {record['store_read_s']:.2f}s)")
+        if record.get("recomputed_batches"):
+            exchange += f", {record['recomputed_batches']} lost batches recomputed"
     print(f"iteration {record['iteration']}: forward {record['forward_s']:.2f}s "
           f"backward {record['backward_s']:.2f}s loss {record['loss']:.4f} "
           f"({record['images_per_s']:.0f} images/s){exchange}", file=out, flush=True)

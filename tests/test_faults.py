@@ -322,10 +322,12 @@ def test_what_a_killed_driver_left_is_removed_by_the_next_run(kind, egg, synthet
         finally:
             kill_group(proc)
         assert leftovers(), "the killed driver left nothing to clean"
+        left = leftovers()
         result = submit(egg, f"{kind}_train.py", [40, 1, 2], env, tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
         output = result.stdout + result.stderr          # spark-submit merges the two
-        assert "left in" in output and "its driver is gone" in output, output[-3000:]
+        assert "left in" in output and "its driver is gone" in output, \
+            f"left before: {left[:3]}, after: {leftovers()[:3]}\n{output[-3000:]}"
         assert server.keys() == []
         assert hdfs.status(root, strict=False) is None or hdfs.list(root) == []
     finally:

@@ -111,22 +111,22 @@ def located_rdd(sc, items):
     return RDD(jrdd.toJavaRDD(), sc, UTF8Deserializer())
 
 
+def group_stages(sc, group):
+    """The StageInfos (None for stages Spark has forgotten) of every job of a job group."""
+    tracker = sc.statusTracker()
+    jobs = [tracker.getJobInfo(job_id) for job_id in tracker.getJobIdsForGroup(group)]
+    return [tracker.getStageInfo(stage_id) for job in jobs if job for stage_id in job.stageIds]
+
+
 def cancel_and_wait(sc, group, timeout):
     """Cancel a job group and wait (up to `timeout` s) until none of its tasks still runs,
     so nothing a cancelled task does can come after the clean-up that follows."""
     import time
 
     sc.cancelJobGroup(group)
-    tracker = sc.statusTracker()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        running = 0
-        for job_id in tracker.getJobIdsForGroup(group):
-            job = tracker.getJobInfo(job_id)
-            for stage_id in (job.stageIds if job else ()):
-                stage = tracker.getStageInfo(stage_id)
-                running += stage.numActiveTasks if stage else 0
-        if not running:
+        if not any(stage and stage.numActiveTasks for stage in group_stages(sc, group)):
             return True
         time.sleep(0.1)
     return False

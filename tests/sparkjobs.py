@@ -1,4 +1,5 @@
-"""Helpers for tests that run the entry scripts with spark-submit, or start their own servers."""
+"""Helpers for tests that run the entry scripts (locally or with spark-submit), or start their own servers."""
+import contextlib
 import os
 import shutil
 import signal
@@ -9,6 +10,33 @@ import time
 import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_script(script, *args, env=None, timeout=600):
+    """A local entry script (naive_*.py) run as a user runs it -> CompletedProcess (text).
+    The data and params folders come from the arguments, not from the environment."""
+    environ = dict(os.environ, PYTHONPATH=ROOT, **(env or {}))
+    environ.pop("SPARK_CNN_DATA_DIR", None)
+    environ.pop("SPARK_CNN_PARAMS_DIR", None)
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)],
+                          capture_output=True, text=True, env=environ, timeout=timeout)
+
+
+@contextlib.contextmanager
+def local_spark(app_name, master):
+    """An in-process SparkContext on a local master whose workers import the source tree."""
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
+    from pyspark import SparkContext
+
+    from spark.spark_context import spark_conf
+
+    context = SparkContext(conf=spark_conf(app_name).setMaster(master))
+    context.setLogLevel("ERROR")
+    try:
+        yield context
+    finally:
+        context.stop()
 
 
 def spark_submit():

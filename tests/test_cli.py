@@ -2,20 +2,12 @@
 import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
+from sparkjobs import run_script
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_script(script, *args, env=None):
-    environ = dict(os.environ, PYTHONPATH=ROOT, **(env or {}))
-    environ.pop("SPARK_CNN_DATA_DIR", None)
-    environ.pop("SPARK_CNN_PARAMS_DIR", None)
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)],
-                          capture_output=True, text=True, env=environ, timeout=300)
 
 
 @pytest.mark.parametrize("script, args", [

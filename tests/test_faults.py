@@ -19,22 +19,17 @@ from hdfs import InsecureClient
 from spark.locality_cnn import LocalityCNN
 from spark.settings import Settings
 from spark.spark_cnn import SparkCNN
-from sparkjobs import (ROOT, RedisServer, job_env, kill_group, start_submit, submit, wait_for)
+from spark.spark_context import group_stages
+from sparkjobs import (ROOT, RedisServer, job_env, kill_group, local_spark, start_submit, submit,
+                       wait_for)
 
 KINDS = {"spark": SparkCNN, "locality": LocalityCNN}
 
 
 @pytest.fixture(scope="module")
 def sc():
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
-    from pyspark import SparkContext
-
-    from spark.spark_context import spark_conf
-
-    context = SparkContext(conf=spark_conf("spark-cnn fault tests").setMaster("local[2,3]"))
-    yield context
-    context.stop()
+    with local_spark("spark-cnn fault tests", "local[2,3]") as context:
+        yield context
 
 
 @pytest.fixture
@@ -52,25 +47,11 @@ def make_settings(redis, hdfs_settings, **extra):
 
 def stage_running(sc, group):
     """Whether a job of `group` has a task running now."""
-    tracker = sc.statusTracker()
-    for job_id in tracker.getJobIdsForGroup(group):
-        job = tracker.getJobInfo(job_id)
-        for stage_id in (job.stageIds if job else ()):
-            stage = tracker.getStageInfo(stage_id)
-            if stage and stage.numActiveTasks > 0:
-                return True
-    return False
+    return any(stage and stage.numActiveTasks > 0 for stage in group_stages(sc, group))
 
 
 def failed_tasks(sc, group):
-    tracker = sc.statusTracker()
-    total = 0
-    for job_id in tracker.getJobIdsForGroup(group):
-        job = tracker.getJobInfo(job_id)
-        for stage_id in (job.stageIds if job else ()):
-            stage = tracker.getStageInfo(stage_id)
-            total += stage.numFailedTasks if stage else 0
-    return total
+    return sum(stage.numFailedTasks for stage in group_stages(sc, group) if stage)
 
 
 def python_workers():

@@ -10,6 +10,7 @@ from spark.exchange import hdfs_store, open_matrix_store
 from spark.locality_cnn import LocalityCNN
 from spark.settings import Settings
 from spark.spark_cnn import SparkCNN, split_batches
+from sparkjobs import local_spark
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KINDS = {"spark": SparkCNN, "locality": LocalityCNN}
@@ -17,16 +18,8 @@ KINDS = {"spark": SparkCNN, "locality": LocalityCNN}
 
 @pytest.fixture(scope="module")
 def sc():
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
-    from pyspark import SparkContext
-
-    from spark.spark_context import spark_conf
-
-    context = SparkContext(conf=spark_conf("spark-cnn tests").setMaster("local[2]"))
-    context.setLogLevel("ERROR")
-    yield context
-    context.stop()
+    with local_spark("spark-cnn tests", "local[2]") as context:
+        yield context
 
 
 @pytest.fixture(scope="module")

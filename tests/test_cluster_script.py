@@ -254,8 +254,10 @@ def test_down_after_failed_up_and_kill_node_leaves_nothing(tmp_path):
         assert "not ready after 2s" in proc.stderr, proc.stderr[-3000:]
         assert os.path.exists(f"/run/netns/scn{net}-node1")
         inode = os.stat(f"/run/netns/scn{net}-node1").st_ino
+        # the daemons `up` launched may still come up after it gave up: status
+        # answers either way, and `down` must stop them whatever they reached
         status = small.status()
-        assert status.returncode == 1
+        assert status.returncode in (0, 1) and "node1" in status.stdout, status.stdout
         proc = small.kill_node(1)
         assert proc.returncode == 0
     finally:

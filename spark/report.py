@@ -153,13 +153,19 @@ def time_unit(seconds):
     return 3600.0, "h"
 
 
-def time_split(records):
-    """Medians over the iterations: {part label: seconds}, 'other' the unaccounted rest."""
+def median_parts(records, parts):
+    """{label: median of the records' key} for each (key, label) of `parts` some record has."""
     split = {}
-    for key, label in SPLIT_PARTS:
+    for key, label in parts:
         values = [r[key] for r in records if key in r]
         if values:
             split[label] = statistics.median(values)
+    return split
+
+
+def time_split(records):
+    """Medians over the iterations: {part label: seconds}, 'other' the unaccounted rest."""
+    split = median_parts(records, SPLIT_PARTS)
     totals = [s for s in map(iteration_seconds, records) if s is not None]
     if totals:
         split["other"] = max(0.0, statistics.median(totals) - sum(split.values()))
@@ -168,12 +174,7 @@ def time_split(records):
 
 def store_split(records):
     """Medians of the store write and read times (summed over tasks); {} for a local run."""
-    split = {}
-    for key, label in STORE_PARTS:
-        values = [r[key] for r in records if key in r]
-        if values:
-            split[label] = statistics.median(values)
-    return split
+    return median_parts(records, STORE_PARTS)
 
 
 def running_mean(values, window):

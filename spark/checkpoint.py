@@ -17,6 +17,8 @@ import time
 
 import numpy as np
 
+from .processes import process_gone
+
 FORMAT = "spark-cnn-checkpoint/1"
 
 # A temporary file whose writer cannot be checked (another host, an older
@@ -53,16 +55,6 @@ def save_checkpoint(path, arrays, meta):
         raise
 
 
-def _process_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:          # someone else's process: alive
-        return True
-    return True
-
-
 def remove_stale_temporaries(folder, now=None):
     """Delete the `.tmp-*.npz` files a killed saver left in `folder` -> their paths.
 
@@ -84,7 +76,7 @@ def remove_stale_temporaries(folder, now=None):
         path = os.path.join(folder, name)
         pid, writer_host = match.group(1), match.group(2)
         if pid is not None and writer_host == host:
-            stale = int(pid) != os.getpid() and not _process_alive(int(pid))
+            stale = int(pid) != os.getpid() and process_gone(pid)
         else:
             try:
                 stale = now - os.stat(path).st_mtime > STALE_AFTER

@@ -83,10 +83,10 @@ def open_matrix_store(config):
     raise ValueError(f"unknown matrix store {config.kind!r} (use hdfs or redis)")
 
 
-def hdfs_store(config):
-    """The run's folder in HDFS."""
-    return HdfsStore(config.webhdfs, config.hdfs_user, config.hdfs_root, namespace=config.run_id,
-                     timeout=config.io_timeout)
+def hdfs_store(config, namespace=None):
+    """The run's (or another namespace's) folder in HDFS."""
+    return HdfsStore(config.webhdfs, config.hdfs_user, config.hdfs_root,
+                     namespace=namespace or config.run_id, timeout=config.io_timeout)
 
 
 def redis_store(config, addresses=None, namespace=None):

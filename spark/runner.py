@@ -67,6 +67,14 @@ def check_settings(kind, settings):
             raise UsageError(f"--redis / SPARK_CNN_REDIS: {e}") from None
 
 
+def check_batches(args, images, per=""):
+    """Every batch (Spark task) needs at least one image: refused before Spark starts."""
+    batches = getattr(args, "batches", 1)
+    if batches > images:
+        raise UsageError(f"{batches} batches for {images} images{per}: "
+                         "each batch needs at least one image")
+
+
 def load_saved(path, purpose):
     """The network saved at `path`, checked in full (before Spark starts)."""
     from .cnn import CNN
@@ -165,9 +173,7 @@ def train(kind, args, out=sys.stdout, err=sys.stderr):
         args.batches = run["batches"]                  # what the Spark network is made with
     if minibatch > images:
         raise UsageError(f"--minibatch {minibatch} is larger than the {images} images")
-    if getattr(args, "batches", 1) > minibatch:
-        raise UsageError(f"{args.batches} batches for {minibatch} images per iteration: "
-                         "each batch needs at least one image")
+    check_batches(args, minibatch, " per iteration")
     start = saved.iteration if saved is not None else 0
     if saved is not None and start >= total:
         print(f"{path} is already at iteration {start} ({total} asked for): nothing to train",
@@ -247,9 +253,7 @@ def evaluate(kind, split, args, out=sys.stdout):
     """Print the accuracy of the saved parameters on the first args.images images of a split."""
     settings = Settings.from_flags(args)
     check_settings(kind, settings)
-    if getattr(args, "batches", 1) > args.images:
-        raise UsageError(f"{args.batches} batches for {args.images} images: "
-                         "each batch needs at least one image")
+    check_batches(args, args.images)
     path = checkpoint_path(settings, kind)
     data = load_images(settings, split, args.images)
     from .cnn import CNN

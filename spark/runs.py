@@ -18,9 +18,8 @@ import socket
 import threading
 import time
 
-import psutil
-
 from .exchange import hdfs_store, redis_store
+from .processes import process_gone
 from .store import MissingKeyError
 
 log = logging.getLogger(__name__)
@@ -48,12 +47,7 @@ def _process_gone(beat):
     me = this_process()
     if beat.get("host") != me["host"] or beat.get("boot") != me["boot"] or not beat.get("pid"):
         return False
-    try:
-        return psutil.Process(int(beat["pid"])).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-    except (psutil.Error, ValueError, OverflowError):
-        return False
+    return process_gone(beat["pid"])
 
 
 def is_dead(beat, now=None):
@@ -65,92 +59,67 @@ def is_dead(beat, now=None):
 
 
 class _RedisBeats:
+    """Heartbeats as keys beside the runs' namespaces, on every server of the run."""
+
     def __init__(self, config):
+        self.config = config
         self.store = redis_store(config)
+
+    def _each_server(self, call):
+        """call(client) on every server -> the results of those that answered."""
+        results = []
+        for address in self.store.addresses:
+            try:
+                results.append(call(self.store.client(address)))
+            except Exception as e:  # noqa: BLE001 - a down server is reported by the stages
+                log.debug("heartbeat on %s: %s", address, e)
+        return results
 
     def write(self, run_id, beat):
         text = json.dumps(beat)
-        for address in self.store.addresses:
-            try:
-                self.store._client(address).set(REDIS_PREFIX + run_id, text, ex=int(STALE_AFTER))
-            except Exception as e:  # noqa: BLE001 - a down server is reported by the stages
-                log.debug("heartbeat on %s failed: %s", address, e)
+        self._each_server(lambda c: c.set(REDIS_PREFIX + run_id, text, ex=int(STALE_AFTER)))
 
     def read(self, run_id):
         """The newest heartbeat of a run on any server (None if none)."""
-        newest = None
-        for address in self.store.addresses:
-            try:
-                raw = self.store._client(address).get(REDIS_PREFIX + run_id)
-            except Exception:  # noqa: BLE001
-                continue
-            beat = _parse(raw)
-            if beat and (newest is None or beat["time"] > newest["time"]):
-                newest = beat
-        return newest
+        beats = [_parse(raw) for raw in self._each_server(lambda c: c.get(REDIS_PREFIX + run_id))]
+        return max(filter(None, beats), key=lambda beat: beat["time"], default=None)
 
     def delete(self, run_id):
-        for address in self.store.addresses:
-            try:
-                self.store._client(address).delete(REDIS_PREFIX + run_id)
-            except Exception:  # noqa: BLE001
-                pass
+        self._each_server(lambda c: c.delete(REDIS_PREFIX + run_id))
 
     def runs_with_data(self):
         return self.store.namespaces()
 
-    def remove_data(self, config, run_id):
-        redis_store(config, namespace=run_id).delete_all()
+    def remove_data(self, run_id):
+        redis_store(self.config, namespace=run_id).delete_all()
 
 
 class _HdfsBeats:
-    def __init__(self, config):
-        self.store = hdfs_store(config)
+    """Heartbeats as files of the namespace HDFS_FOLDER beside the runs' folders."""
 
-    def _path(self, run_id):
-        return f"{self.store.root.rstrip('/')}/{HDFS_FOLDER}/{run_id}"
+    def __init__(self, config):
+        self.config = config
+        self.beats = hdfs_store(config, namespace=HDFS_FOLDER)
 
     def write(self, run_id, beat):
-        store = self.store
-        store._call(f"writing {self._path(run_id)}", store._client.write, self._path(run_id),
-                    data=json.dumps(beat).encode(), overwrite=True, replication=1)
+        self.beats.write_text(run_id, json.dumps(beat))
 
     def read(self, run_id):
-        store = self.store
-
-        def read():
-            with store._client.read(self._path(run_id)) as reader:
-                return reader.read()
-
         try:
-            return _parse(store._call(f"reading {self._path(run_id)}", read))
+            return _parse(self.beats.read_text(run_id))
         except MissingKeyError:
             return None
 
     def delete(self, run_id):
-        store = self.store
-        store._call(f"deleting {self._path(run_id)}", store._client.delete, self._path(run_id))
-        folder = f"{store.root.rstrip('/')}/{HDFS_FOLDER}"
-        try:          # the folder goes with its last heartbeat (only if empty: others may be live)
-            store._call(f"deleting {folder}", store._client.delete, folder, recursive=False)
-        except Exception:  # noqa: BLE001 - not empty: another run is live
-            pass
+        self.beats.delete(run_id)
+        self.beats.delete_if_empty()     # the folder goes with the last heartbeat, not before
 
     def runs_with_data(self):
-        store = self.store
-        names = store._call(f"listing {store.root}", store._client.list, store.root) \
-            if store._call(f"checking {store.root}", store._client.status, store.root,
-                           strict=False) else []
-        beats = store._call("listing heartbeats", store._client.list,
-                            f"{store.root.rstrip('/')}/{HDFS_FOLDER}") \
-            if store._call("checking heartbeats", store._client.status,
-                           f"{store.root.rstrip('/')}/{HDFS_FOLDER}", strict=False) else []
-        return {n for n in names if n != HDFS_FOLDER} | set(beats)
+        runs = set(hdfs_store(self.config).namespaces()) - {HDFS_FOLDER}
+        return runs | set(self.beats.list_dir())
 
-    def remove_data(self, config, run_id):
-        store = self.store
-        path = f"{store.root.rstrip('/')}/{run_id}"
-        store._call(f"deleting {path}", store._client.delete, path, recursive=True)
+    def remove_data(self, run_id):
+        hdfs_store(self.config, namespace=run_id).delete_all()
 
 
 def _parse(raw):
@@ -172,7 +141,7 @@ def remove_dead_runs(config):
     removed = []
     for run_id in sorted(beats.runs_with_data() - {config.run_id}):
         if is_dead(beats.read(run_id)):
-            beats.remove_data(config, run_id)
+            beats.remove_data(run_id)
             beats.delete(run_id)
             removed.append(run_id)
     return removed

@@ -19,7 +19,6 @@ run stores anything it keeps a heartbeat (spark/runs.py), and its first
 iteration removes what runs whose driver died left behind.
 """
 import functools
-import logging
 import sys
 import time
 import uuid
@@ -32,8 +31,6 @@ from .loss import softmax_loss
 from .runs import Heartbeat, remove_dead_runs
 from .spark_context import cancel_and_wait, executor_hosts, located_rdd
 from .tasks import Job, add_results, add_stats, backward_task, forward_task, predict_task
-
-log = logging.getLogger(__name__)
 
 
 def new_run_id():
@@ -68,13 +65,14 @@ class SparkCNN(CNN):
         self.exchange = exchange_config(self.store_kind, self.run_id, settings)
         self._images = None              # (the array broadcast, its broadcast)
         self._heartbeat = None
+        self._driver_host = sc.getConf().get("spark.driver.host", "")
         self.im2col_backends = set()
 
     def job(self):
         network = dict(arch=self.arch, input_shape=list(self.input_shape),
                        dtype=self.dtype.name, chunk=self.chunk)
         return Job(network=network, exchange=self.exchange, iteration=self.iteration,
-                   driver_host=self.sc.getConf().get("spark.driver.host", ""))
+                   driver_host=self._driver_host)
 
     def _broadcast_images(self, images):
         if self._images is None or self._images[0] is not images:
@@ -88,9 +86,7 @@ class SparkCNN(CNN):
         heartbeat, remove what dead runs left behind."""
         if self._heartbeat is not None:
             return
-        store = open_matrix_store(self.exchange)
-        if hasattr(store, "check"):
-            store.check()                    # a server down now: say which, before Spark starts
+        open_matrix_store(self.exchange).check()     # a server down now: say which, at once
         self._heartbeat = Heartbeat(self.exchange).start()
         for run_id in remove_dead_runs(self.exchange):
             print(f"spark-cnn: removed what run {run_id} left in {self.store_kind} "
@@ -116,7 +112,7 @@ class SparkCNN(CNN):
         rdd = self.sc.parallelize(items, len(items)).map(
             functools.partial(task, job, images_bc, state_bc))
         results = self._run_stage(stage, rdd.collect)
-        return sorted(results, key=lambda r: r[0] if isinstance(r, tuple) else r.batch)
+        return sorted(results, key=lambda r: r.batch)
 
     def _preferred_hosts(self, records):
         """For each batch record, the executor host that ran its forward task (None if unknown)."""
@@ -189,7 +185,7 @@ class SparkCNN(CNN):
             state_bc.unpersist()
         if progress is not None:
             progress.update(len(images))
-        return np.concatenate([r[1] for r in results])
+        return np.concatenate([r.scores for r in results])
 
     def clear_intermediates(self):
         """Delete every matrix this run has stored (safe to call twice)."""

@@ -282,6 +282,10 @@ class ArrayStore:
         """Remove everything under the namespace; returns how many items went."""
         raise NotImplementedError
 
+    def check(self) -> None:
+        """Raise StoreUnavailableError (naming the server) if a server cannot be used.
+        Stores whose first write says as much need not override it."""
+
     def close(self) -> None:
         """Release the store.  Connections are shared per process and stay open."""
 
@@ -476,7 +480,8 @@ class RedisStore(ArrayStore):
     def __repr__(self) -> str:
         return f"RedisStore({self.addresses!r}, namespace={self.namespace!r})"
 
-    def _client(self, address: str):
+    def client(self, address: str):
+        """The redis-py client of one of the store's servers (password and timeout applied)."""
         return _redis_client(address, self._password, self.timeout)
 
     # -- key names
@@ -511,7 +516,7 @@ class RedisStore(ArrayStore):
         n = len(data)
         cb = self.chunk_bytes
         address = self.local_address
-        client = self._client(address)
+        client = self.client(address)
         try:
             if n <= min(cb, _INLINE_MAX):
                 record = _REC.pack(_REC_MAGIC, 1, 0, 0, 0, cb, bytes(16)) + header + data.tobytes()
@@ -610,7 +615,7 @@ class RedisStore(ArrayStore):
         raise MissingKeyError(msg)
 
     def _get_from(self, address: str, rkey: bytes, key: str) -> np.ndarray | None:
-        client = self._client(address)
+        client = self.client(address)
         for _attempt in range(3):
             record = client.get(rkey)
             if record is None:
@@ -672,7 +677,7 @@ class RedisStore(ArrayStore):
         start = len(self._prefix) + 2
         for address in self.addresses:
             try:
-                for k in self._scan(self._client(address), f"{self._prefix}k:*"):
+                for k in self._scan(self.client(address), f"{self._prefix}k:*"):
                     found.add(k.decode()[start:])
             except _redis_errors() as e:
                 _warn_once("keys()", self._unavailable(address, e))
@@ -682,7 +687,7 @@ class RedisStore(ArrayStore):
         """PING every server; raise the error of the first that does not answer properly."""
         for address in self.addresses:
             try:
-                self._client(address).ping()
+                self.client(address).ping()
             except _redis_errors() as e:
                 raise self._unavailable(address, e) from None
 
@@ -691,7 +696,7 @@ class RedisStore(ArrayStore):
         found: set[str] = set()
         for address in self.addresses:
             try:
-                for k in self._scan(self._client(address), "spark-cnn:*"):
+                for k in self._scan(self.client(address), "spark-cnn:*"):
                     parts = k.decode(errors="replace").split(":")
                     if len(parts) > 2:
                         found.add(parts[1])
@@ -708,7 +713,7 @@ class RedisStore(ArrayStore):
         removed = 0
         for address in self.addresses:
             try:
-                client = self._client(address)
+                client = self.client(address)
                 batch: list[bytes] = []
                 for k in self._scan(client, f"{self._prefix}*"):
                     batch.append(k)
@@ -918,7 +923,7 @@ class HdfsStore(ArrayStore):
             raise StoreError(str(e)) from None
 
     def write_text(self, relpath: str, text: str) -> None:
-        """Write a small UTF-8 text file (e.g. a marker) at ``hdfs_path(relpath)``."""
+        """Write a small UTF-8 text file (e.g. a heartbeat) at ``hdfs_path(relpath)``."""
         path = self.hdfs_path(relpath)
         self._call(f"writing {path}", self._client.write, path, data=text.encode("utf-8"),
                    overwrite=True, replication=1)
@@ -954,6 +959,25 @@ class HdfsStore(ArrayStore):
                       strict=False) is None:
             return []
         return sorted(self._call(f"listing {self.base}", walk))
+
+    def delete(self, relpath: str) -> bool:
+        """Remove one file under the namespace; False if it was not there."""
+        path = self.hdfs_path(relpath)
+        return bool(self._call(f"deleting {path}", self._client.delete, path))
+
+    def delete_if_empty(self) -> bool:
+        """Remove the namespace folder only if it holds nothing (one atomic HDFS call)."""
+        try:
+            return bool(self._call(f"deleting {self.base}", self._client.delete, self.base))
+        except StoreError:          # not empty
+            return False
+
+    def namespaces(self) -> list[str]:
+        """Sorted names of every namespace folder under the root (for clean-up of dead runs)."""
+        try:
+            return sorted(self._call(f"listing {self.root}", self._client.list, self.root))
+        except MissingKeyError:
+            return []
 
     def delete_all(self) -> int:
         """Remove the namespace folder recursively; returns 1 if it existed, else 0."""

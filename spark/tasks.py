@@ -13,6 +13,7 @@ gone (a node lost, Redis flushed or restarted, HDFS files deleted) recomputes
 its batch's forward pass from the broadcast weights and images, which gives
 the same numbers, and counts it in `recomputed_batches`.
 """
+import functools
 import json
 import os
 import socket
@@ -61,6 +62,12 @@ class BatchRecord:
 
 
 @dataclass
+class PredictResult:
+    batch: int
+    scores: np.ndarray       # (count, K)
+
+
+@dataclass
 class ForwardResult:
     batch: int
     scores: np.ndarray       # (count, K)
@@ -74,9 +81,11 @@ class BackwardResult:
     stats: dict              # numbers are summed, lists joined (see add_results)
 
 
+@functools.lru_cache(maxsize=8)
 def node_names(driver_host=""):
     """Names this node may have in Spark's eyes: SPARK_LOCAL_HOSTNAME, the address
-    it reaches the driver from, its host names. The first is the one to report."""
+    it reaches the driver from, its host names. The first is the one to report.
+    Worked out once per worker process (getfqdn may ask DNS)."""
     names = []
     if os.environ.get("SPARK_LOCAL_HOSTNAME"):
         names.append(os.environ["SPARK_LOCAL_HOSTNAME"])
@@ -89,7 +98,7 @@ def node_names(driver_host=""):
             pass
     for name in (socket.gethostname(), socket.getfqdn()):
         names.append(name)
-    return list(dict.fromkeys(n for n in names if n))
+    return tuple(dict.fromkeys(n for n in names if n))
 
 
 def _network(spec, params):
@@ -130,14 +139,14 @@ def _forward_chunks(net, images, index):
 
 
 def predict_task(job, images_bc, state_bc, item):
-    """item: (batch, offset, count) -> (batch, scores (count, K)). Nothing is stored."""
+    """item: (batch, offset, count) -> PredictResult. Nothing is stored."""
     batch, offset, count = item
     state = state_bc.value
     net = _network(job.network, state["params"])
     index = state["index"][offset:offset + count]
     scores = np.concatenate([net.forward(normalize_images(images_bc.value[index[rows]], net.dtype))[0]
                              for rows in chunk_slices(count, net.chunk)])
-    return batch, scores
+    return PredictResult(batch, scores)
 
 
 def _cache_key(job, batch, layer, name):
@@ -166,7 +175,7 @@ def forward_task(job, images_bc, state_bc, item):
             keys.append([layer, name, key])
     record = BatchRecord(batch=batch, offset=offset, count=count, keys=keys,
                          inputs=[list(e) for e in input_entries],
-                         hosts=node_names(job.driver_host))
+                         hosts=list(node_names(job.driver_host)))
     stats = {"task_forward_s": computed - started, "store_write_s": time.perf_counter() - computed,
              "store_bytes": written, "im2col": [im2col.backend()]}
     return ForwardResult(batch, scores, record, stats)
@@ -230,7 +239,7 @@ def backward_task(job, images_bc, state_bc, dscores_bc, record_json):
              "im2col": [im2col.backend()], "recomputed_batches": recomputed,
              "backward_reads_local": int(local is True), "backward_reads_remote": int(local is False),
              "store_read_bytes_remote": nbytes if local is False else 0,
-             "backward_hosts": node_names(job.driver_host)[:1]}
+             "backward_hosts": list(node_names(job.driver_host)[:1])}
     return BackwardResult(grads, stats)
 
 

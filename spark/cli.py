@@ -32,6 +32,23 @@ def _whole_number(minimum):
 _positive_int, _count = _whole_number(1), _whole_number(0)
 
 
+def _fraction(text):
+    """argparse type: a number in [0, 1)."""
+    value = _positive_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a number below 1, got {text}")
+    return value
+
+
+def _arch(text):
+    """argparse type: an --arch layer string -> list of layer dicts."""
+    from .arch import parse_arch
+    try:
+        return parse_arch(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _positive_float(text):
     """argparse type: a finite number of at least 0 (no inf, no nan)."""
     try:
@@ -49,7 +66,9 @@ def _positive_float(text):
 # tell a flag given on the command line from one left out: with --resume, what
 # was left out comes from the checkpoint (spark.runner.resolve_run).
 TRAIN_DEFAULTS = dict(images=1000, batches=4, lr=1e-3, momentum=0.9, reg=5e-4, seed=0,
-                      dtype="float32")
+                      dtype="float32", label_smoothing=0.0, schedule="constant", warmup=0,
+                      order="shuffle", augment=False, augment_pad=2, arch=None,
+                      schedule_length=None)
 
 
 def _common(parser, distributed):
@@ -98,6 +117,34 @@ def train_parser(prog, distributed):
     parser.add_argument("--seed", type=_count, help="weight initialisation seed (default 0)")
     parser.add_argument("--dtype", choices=("float32", "float64"),
                         help="floating point type (default float32)")
+    recipe = parser.add_argument_group("training recipe")
+    recipe.add_argument("--arch", type=_arch, metavar="LAYERS",
+                        help="the network as a layer string, e.g. conv64-relu-pool-conv128-relu-"
+                             "pool-fc10 (default conv64-relu-pool-fc10; see spark/arch.py)")
+    recipe.add_argument("--augment", action="store_true", default=None,
+                        help="random crop of the image padded by --augment-pad pixels and random "
+                             "horizontal flip, drawn per image per iteration from --seed")
+    recipe.add_argument("--augment-pad", dest="augment_pad", type=_count, metavar="P",
+                        help="padding of the random crop (default 2)")
+    recipe.add_argument("--schedule", choices=("constant", "cosine", "step"),
+                        help="learning-rate schedule over [num iterations]: constant (default), "
+                             "cosine to 0, or step (x0.1 at 50%% and 75%%)")
+    recipe.add_argument("--schedule-length", dest="schedule_length", type=_positive_int,
+                        metavar="K", help="iterations the schedule spans (default [num "
+                                          "iterations]; with --resume, the checkpoint's)")
+    recipe.add_argument("--warmup", type=_count, metavar="K",
+                        help="first K iterations rise linearly to --lr (default 0)")
+    recipe.add_argument("--label-smoothing", dest="label_smoothing", type=_fraction, metavar="E",
+                        help="target (1 - E) on the label plus E / classes on every class "
+                             "(default 0)")
+    recipe.add_argument("--order", choices=("shuffle", "cycle"),
+                        help="minibatches from a new permutation of the N images every epoch "
+                             "(shuffle, default; drawn from --seed) or in stored order (cycle)")
+    recipe.add_argument("--eval-every", dest="eval_every", type=_count, metavar="K",
+                        help="accuracy on the test images every K iterations and at the end, "
+                             "printed and in the metrics as test_accuracy (default: never)")
+    recipe.add_argument("--eval-images", dest="eval_images", type=_positive_int, metavar="N",
+                        help="test images --eval-every uses (default: all of them)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the saved run with its settings (--lr, --momentum, --reg "
                              "given here override them) until it has [num iterations]")
@@ -119,6 +166,8 @@ def test_parser(prog, distributed, split):
                             help="accepted for the training command line's sake; not used")
         parser.add_argument("batches", nargs="?", type=_positive_int, default=4,
                             help="number of batches B = Spark tasks (default 4)")
+    parser.add_argument("--per-class", dest="per_class", action="store_true",
+                        help="also print the accuracy of every class and the confusion matrix")
     _common(parser, distributed)
     return parser
 

@@ -4,7 +4,7 @@
 override only `loss_and_gradients` (where the forward and backward passes run)
 and `predict_scores`.
 
-Images arrive as uint8 NHWC (N, H, W, C); `normalize_images` turns each chunk
+Images arrive as uint8 NHWC (N, H, W, C); `batch_input` turns each chunk
 into the network's float input just before use, so the whole training set is
 held once, as bytes.
 """
@@ -21,7 +21,7 @@ from .conv import Conv
 from .fc import FullyConnected
 from .loss import l2_penalty, softmax_loss
 from .pool import MaxPool
-from .preprocess import normalize_images
+from .preprocess import batch_input
 from .relu import ReLU
 
 # conv 64 filters 3x3 stride 1 pad 1 -> ReLU -> 2x2 max-pool stride 2 -> fc to 10.
@@ -84,11 +84,15 @@ class CNN:
     """
 
     def __init__(self, arch=DEFAULT_ARCH, input_shape=CIFAR10_SHAPE, dtype=np.float32,
-                 lr=1e-3, momentum=0.9, reg=5e-4, seed=0, chunk=32, threads=None):
+                 lr=1e-3, momentum=0.9, reg=5e-4, seed=0, chunk=32, threads=None,
+                 label_smoothing=0.0):
         self.input_shape = tuple(int(s) for s in input_shape)
         self.dtype = np.dtype(dtype)
         self.lr, self.momentum, self.reg = float(lr), float(momentum), float(reg)
         self.seed, self.chunk = int(seed), int(chunk)
+        self.label_smoothing = float(label_smoothing)
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label smoothing {label_smoothing} is not in [0, 1)")
         self.threads = int(threads) if threads else default_threads()
         self.layers = build_layers(arch, self.input_shape, self.dtype,
                                    np.random.default_rng(self.seed))
@@ -140,11 +144,12 @@ class CNN:
                 grads[f"{layer.name}.{key}"] = value
         return grads
 
-    def loss_and_gradients(self, images, labels, index=None, progress=None):
+    def loss_and_gradients(self, images, labels, index=None, progress=None, augment=None):
         """Mean softmax loss over a batch and its gradients, data term only.
 
         images: (T, H, W, C) uint8; labels: (T,); index: (N,) positions of the
-        batch's images in them, or None for all T. Worked through in chunks of
+        batch's images in them, or None for all T; augment: the batch's crops
+        and flips (spark.recipe.draw_augmentation) or None. Worked through in chunks of
         `self.chunk` images: each image's loss gradient depends on its own
         scores only, so forward and backward run chunk by chunk and memory
         stays flat in N. `self.threads` chunks run at once (one BLAS thread
@@ -158,9 +163,10 @@ class CNN:
         def chunk_work(rows):
             t0 = time.perf_counter()
             picked = rows if index is None else index[rows]
-            x = normalize_images(images[picked], self.dtype)          # (n_chunk, H, W, C)
+            x = batch_input(images, index, rows, augment, self.dtype)  # (n_chunk, H, W, C)
             scores, caches = self.forward(x)
-            chunk_loss, dscores = softmax_loss(scores, labels[picked], normalizer=n)
+            chunk_loss, dscores = softmax_loss(scores, labels[picked], normalizer=n,
+                                               smoothing=self.label_smoothing)
             t1 = time.perf_counter()
             grads = self.backward(dscores, caches)
             return chunk_loss, grads, t1 - t0, time.perf_counter() - t1, len(scores)
@@ -199,31 +205,37 @@ class CNN:
             grads[name] += self.reg * params[name]
         return loss + l2_penalty([params[name] for name in names], self.reg)
 
-    def update(self, grads):
-        """One momentum SGD step: v = momentum * v - lr * g; p += v."""
+    def update(self, grads, lr=None):
+        """One momentum SGD step: v = momentum * v - lr * g; p += v.
+
+        lr: this step's rate (a schedule's), else `self.lr`, the run's base rate.
+        """
+        lr = self.lr if lr is None else lr
         for name, p in self.params().items():
             v = self.velocity[name]
             v *= self.momentum
-            v -= self.lr * grads[name].astype(self.dtype, copy=False)
+            v -= lr * grads[name].astype(self.dtype, copy=False)
             p += v
         self.iteration += 1
 
     # ----- training and prediction -----------------------------------------
-    def train_iteration(self, images, labels, index=None, progress=None):
+    def train_iteration(self, images, labels, index=None, progress=None, augment=None, lr=None):
         """Forward, backward and update on one batch -> metrics dict.
 
         images (T, H, W, C) uint8 and labels (T,) are the whole training set;
-        index (N,) picks the batch (None: all T).
+        index (N,) picks the batch (None: all T); augment: its crops and flips
+        (or None); lr: this iteration's rate (None: the base rate).
         """
         started = time.perf_counter()
-        loss, grads, timings = self.loss_and_gradients(images, labels, index, progress)
+        loss, grads, timings = self.loss_and_gradients(images, labels, index, progress, augment)
         loss = self.regularize(loss, grads)
         t0 = time.perf_counter()
-        self.update(grads)
+        self.update(grads, lr)
         update_s = time.perf_counter() - t0
         total = time.perf_counter() - started
         n = len(labels) if index is None else len(index)
-        return dict(iteration=self.iteration, loss=loss, **timings, update_s=update_s,
+        return dict(iteration=self.iteration, loss=loss, lr=self.lr if lr is None else lr,
+                    **timings, update_s=update_s,
                     images=n, images_per_s=n / total if total else 0.0)
 
     def predict_scores(self, images, progress=None):
@@ -231,7 +243,7 @@ class CNN:
         out = np.empty((len(images), self.num_classes), self.dtype)
 
         def chunk_scores(rows):
-            out[rows], _ = self.forward(normalize_images(images[rows], self.dtype))
+            out[rows], _ = self.forward(batch_input(images, None, rows, dtype=self.dtype))
             return rows.stop - rows.start
 
         with self._workers() as run:
@@ -251,7 +263,8 @@ class CNN:
     # ----- saving -----------------------------------------------------------
     def settings(self):
         return dict(arch=self.arch, input_shape=list(self.input_shape), dtype=self.dtype.name,
-                    lr=self.lr, momentum=self.momentum, reg=self.reg, seed=self.seed)
+                    lr=self.lr, momentum=self.momentum, reg=self.reg, seed=self.seed,
+                    label_smoothing=self.label_smoothing)
 
     def save(self, path):
         """Atomically write parameters, velocities, iteration, network shape and
@@ -270,10 +283,10 @@ class CNN:
         """
         arrays, meta = load_checkpoint(path)
         settings = {k: meta[k] for k in ("arch", "input_shape", "dtype", "lr", "momentum",
-                                         "reg", "seed") if k in meta}
+                                         "reg", "seed", "label_smoothing") if k in meta}
         settings.update({k: v for k, v in overrides.items() if v is not None})
         try:
-            for key in ("lr", "momentum", "reg"):
+            for key in ("lr", "momentum", "reg", "label_smoothing"):
                 value = settings.get(key, 0.0)
                 if not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
                     raise ValueError(f"{key} is {value!r}, not a finite number of at least 0")

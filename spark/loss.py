@@ -5,7 +5,7 @@ Pure math: no I/O, no timing.
 import numpy as np
 
 
-def softmax_loss(scores, labels, normalizer=None):
+def softmax_loss(scores, labels, normalizer=None, smoothing=0.0):
     """Summed-then-normalised softmax cross-entropy and its gradient.
 
     Parameters
@@ -15,10 +15,12 @@ def softmax_loss(scores, labels, normalizer=None):
     normalizer : number the loss and gradient are divided by; defaults to N.
         The local trainer computes a large batch chunk by chunk and passes the
         whole batch size here, so the chunks add up to the batch's mean loss.
+    smoothing : label smoothing e in [0, 1): the target of each row is
+        (1 - e) on its label plus e / K on every class, instead of the label alone.
 
     Returns
     -------
-    loss : float, sum over the N rows of -log p[label], divided by normalizer.
+    loss : float, sum over the N rows of -sum_k target[k] log p[k], divided by normalizer.
     dscores : (N, K) array of the scores' dtype, d loss / d scores.
     """
     n = scores.shape[0]
@@ -28,10 +30,20 @@ def softmax_loss(scores, labels, normalizer=None):
     exp = np.exp(shifted)
     sums = exp.sum(axis=1, keepdims=True)                          # (N, 1)
     rows = np.arange(n)
-    log_prob_true = shifted[rows, labels] - np.log(sums[:, 0])     # (N,)
-    loss = -float(log_prob_true.sum(dtype=np.float64)) / normalizer
+    log_sums = np.log(sums[:, 0])                                  # (N,)
+    log_prob_true = shifted[rows, labels] - log_sums               # (N,)
+    loss = -float(log_prob_true.sum(dtype=np.float64))
     dscores = exp / sums                                           # softmax, (N, K)
-    dscores[rows, labels] -= 1
+    if smoothing:
+        k = scores.shape[1]
+        # mean over the classes of -log p[k], per row: log_sums - mean(shifted)
+        log_prob_mean = shifted.mean(axis=1, dtype=np.float64) - log_sums
+        loss = (1.0 - smoothing) * loss - smoothing * float(log_prob_mean.sum())
+        dscores -= smoothing / k
+        dscores[rows, labels] -= 1 - smoothing
+    else:
+        dscores[rows, labels] -= 1
+    loss /= normalizer
     dscores /= normalizer
     return loss, dscores
 

@@ -26,3 +26,32 @@ def normalize_images(images, dtype=np.float32):
     out *= scale
     out -= offset
     return out
+
+
+def augment_images(images, shift, flip, pad):
+    """Random-crop-and-flip augmentation of uint8 images, as drawn by spark.recipe.
+
+    images: (n, H, W, C) uint8; shift: (n, 2) offsets (row, column) into the
+    image padded by `pad` zeros on every side, each 0 .. 2 * pad; flip: (n,)
+    bool, mirror left-right after the crop. Returns (n, H, W, C) uint8.
+    """
+    n, height, width, _ = images.shape
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))   # (n, H+2p, W+2p, C)
+    rows = shift[:, :1].astype(np.intp) + np.arange(height)             # (n, H)
+    cols = shift[:, 1:].astype(np.intp) + np.arange(width)              # (n, W)
+    cols = np.where(flip[:, None], cols[:, ::-1], cols)
+    return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def batch_input(images, index, rows, augment=None, dtype=np.float32):
+    """The network input for `rows` (a slice) of a batch -> (n, H, W, C) `dtype`.
+
+    images: the whole set, (T, H, W, C) uint8; index: (N,) the batch's
+    positions in it, or None for images[rows] itself; augment: the batch's
+    augmentation draw (spark.recipe.draw_augmentation, N entries) or None.
+    """
+    picked = images[rows] if index is None else images[index[rows]]
+    if augment is not None:
+        picked = augment_images(picked, augment["shift"][rows], augment["flip"][rows],
+                                augment["pad"])
+    return normalize_images(picked, dtype)

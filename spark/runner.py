@@ -19,6 +19,7 @@ from .cli import TRAIN_DEFAULTS, UsageError
 from .im2col import backend as im2col_backend
 from .metrics import MetricsError, MetricsLog, rss_mb
 from .progress import NoProgress, Progress
+from .recipe import batch_indices, draw_augmentation, learning_rate
 from .settings import Settings
 
 # Iterations or evaluations over at least this many images get a progress bar.
@@ -48,13 +49,6 @@ def open_network(kind, settings, args, checkpoint=None, **options):
     from .spark_context import spark_network
     with spark_network(kind, settings, args, checkpoint, **options) as net:
         yield net
-
-
-def batch_indices(iteration, size, total):
-    """Indices of the images used in 0-based `iteration`: the next `size` of `total`, cycling."""
-    if size >= total:
-        return None
-    return (iteration * size + np.arange(size)) % total
 
 
 def check_settings(kind, settings):
@@ -100,19 +94,42 @@ def check_fits(saved, path, data, data_dir):
 
 _WORDS = {"images": "[num images]", "minibatch": "--minibatch", "seed": "--seed",
           "dtype": "--dtype", "lr": "--lr", "momentum": "--momentum", "reg": "--reg",
-          "batches": "[num batches]"}
+          "batches": "[num batches]", "label_smoothing": "--label-smoothing",
+          "schedule": "--schedule", "warmup": "--warmup", "order": "--order",
+          "augment": "--augment", "augment_pad": "--augment-pad", "arch": "--arch",
+          "schedule_length": "--schedule-length"}
+# Settings that make another run when changed (refused on --resume), and
+# settings a resumed run may change from here on (with a note).
+_FIXED = ("dtype", "seed", "images", "minibatch", "order", "augment", "augment_pad", "arch")
+_ADJUSTABLE = ("lr", "momentum", "reg", "label_smoothing", "schedule", "warmup",
+               "schedule_length")
+# What a checkpoint written before a setting existed was trained with.
+_BEFORE_RECIPE = dict(order="cycle", augment=False, augment_pad=2, schedule="constant", warmup=0,
+                      schedule_length=None)
+
+
+def _canonical_arch(arch, saved):
+    """An --arch list in the form the checkpoint's network records it (None if not given)."""
+    if arch is None:
+        return None
+    from .cnn import CNN
+    try:
+        return CNN(arch=arch, input_shape=saved.input_shape).arch
+    except ValueError:
+        return arch                         # does not fit the saved network: differs anyway
 
 
 def resolve_run(args, saved, path, err):
     """The settings of this run: flags, else (with --resume) the checkpoint's, else defaults.
 
-    With --resume, the checkpoint's settings win. --lr, --momentum and --reg given
-    on the command line override them (a note on `err` says so); a --dtype,
-    --seed, number of images or --minibatch that contradicts the checkpoint would
-    make a different run and is a usage error.
+    With --resume, the checkpoint's settings win. --lr, --momentum, --reg and the
+    schedule and label smoothing given on the command line override them (a note
+    on `err` says so); a --dtype, --seed, number of images, --minibatch, --order,
+    --augment or --arch that contradicts the checkpoint would make a different
+    run and is a usage error.
     """
-    given = {key: getattr(args, key, None) for key in
-             ("images", "minibatch", "lr", "momentum", "reg", "seed", "dtype", "batches")}
+    given = {key: getattr(args, key, None) for key in TRAIN_DEFAULTS}
+    given["minibatch"] = getattr(args, "minibatch", None)
     if saved is None:
         run = {key: TRAIN_DEFAULTS[key] if given[key] is None else given[key]
                for key in TRAIN_DEFAULTS}
@@ -120,12 +137,16 @@ def resolve_run(args, saved, path, err):
         return run
     info = saved.run_info
     kept = dict(lr=saved.lr, momentum=saved.momentum, reg=saved.reg, seed=saved.seed,
-                dtype=saved.dtype.name, images=info.get("images"),
-                minibatch=info.get("minibatch"), batches=info.get("batches"))
-    for key in ("dtype", "seed", "images", "minibatch"):
+                dtype=saved.dtype.name, label_smoothing=saved.label_smoothing,
+                images=info.get("images"), minibatch=info.get("minibatch"),
+                batches=info.get("batches"), arch=saved.arch)
+    kept.update({key: info.get(key, before) for key, before in _BEFORE_RECIPE.items()})
+    given["arch"] = _canonical_arch(given["arch"], saved)
+    for key in _FIXED:
         if given[key] is not None and kept[key] is not None and given[key] != kept[key]:
             raise UsageError(
-                f"{_WORDS[key]} {given[key]} contradicts {path}, whose run has {kept[key]}: "
+                f"{_WORDS[key]} {_word(key, given[key])} contradicts {path}, whose run has "
+                f"{_word(key, kept[key])}: "
                 "leave it out to resume that run, or start afresh without --resume")
     run = {key: kept[key] if given[key] is None else given[key] for key in kept}
     if run["images"] is None:                      # a checkpoint that does not say
@@ -134,7 +155,7 @@ def resolve_run(args, saved, path, err):
         run["minibatch"] = run["images"]
     if run["batches"] is None:
         run["batches"] = TRAIN_DEFAULTS["batches"]
-    for key in ("lr", "momentum", "reg"):
+    for key in _ADJUSTABLE:
         if given[key] is not None and given[key] != kept[key]:
             print(f"note: {_WORDS[key]} {given[key]} replaces {kept[key]} of {path} "
                   "from here on", file=err)
@@ -142,6 +163,14 @@ def resolve_run(args, saved, path, err):
         print(f"note: {given['batches']} batches where {path} had {kept['batches']}: "
               "gradients are summed in another order (results differ in rounding)", file=err)
     return run
+
+
+def _word(key, value):
+    """A setting's value as the command line writes it."""
+    if key == "arch" and value is not None:
+        from .arch import format_arch
+        return format_arch(value)
+    return value
 
 
 def check_params_dir(settings):
@@ -185,6 +214,10 @@ def train(kind, args, out=sys.stdout, err=sys.stderr):
     data = load_images(settings, "train", images)
     if saved is not None:
         check_fits(saved, path, data, settings.data_dir)
+    test = None
+    if args.eval_every:
+        test = load_images(settings, "test", args.eval_images)
+        check_batches(args, len(test), " of --eval-images")
     try:
         metrics = MetricsLog(args.metrics)
     except MetricsError as e:
@@ -194,50 +227,79 @@ def train(kind, args, out=sys.stdout, err=sys.stderr):
         for leftover in remove_stale_temporaries(settings.params_dir):
             print(f"note: removed {leftover}, an unfinished save of a run that was killed",
                   file=err)
-        options = dict(lr=run["lr"], momentum=run["momentum"], reg=run["reg"])
+        options = dict(lr=run["lr"], momentum=run["momentum"], reg=run["reg"],
+                       label_smoothing=run["label_smoothing"])
         if saved is None:
             options.update(dtype=run["dtype"], seed=run["seed"])
+            if run["arch"] is not None:
+                options["arch"] = run["arch"]
         with open_network(kind, settings, args, path if saved is not None else None,
                           **options) as net:
-            net.run_info = dict(images=images, minibatch=minibatch)
+            wall = float(net.run_info.get("wall_s", 0.0)) if saved is not None else 0.0
+            run["schedule_length"] = run["schedule_length"] or total
+            if run["schedule"] != "constant" and total > run["schedule_length"]:
+                print(f"note: the {run['schedule']} schedule ends at iteration "
+                      f"{run['schedule_length']}; iterations after it keep its last rate "
+                      "(--schedule-length stretches it)", file=err)
+            net.run_info = {key: run[key] for key in (
+                "images", "minibatch", "order", "augment", "augment_pad", "schedule", "warmup",
+                "schedule_length")}
             if hasattr(args, "batches"):
                 net.run_info["batches"] = args.batches
-            _train_loop(kind, net, data, run, total, path, settings, metrics, out)
+            _train_loop(kind, net, data, test, run, total, path, settings, metrics, out,
+                        args.eval_every, wall)
 
 
-def _train_loop(kind, net, data, run, total, path, settings, metrics, out):
+def _train_loop(kind, net, data, test, run, total, path, settings, metrics, out, eval_every,
+                wall):
     images, minibatch = run["images"], run["minibatch"]
     print(f"training {kind} CNN on {images} images of {settings.data_dir}: "
           f"{total - net.iteration} iterations of {minibatch} images, from iteration "
           f"{net.iteration} to {total} (im2col back end here: {im2col_backend()})", file=out)
+    started = time.perf_counter() - wall
     with warnings.catch_warnings():
         # A diverging run is reported in one line (below), not by NumPy's warnings.
         warnings.filterwarnings("ignore", category=RuntimeWarning,
                                 message=r"(overflow|invalid value|divide by zero) encountered")
         while net.iteration < total:
-            _iteration(net, data, images, minibatch, path, metrics, out)
+            record = _iteration(net, data, run, total, path, started)
+            if eval_every and (net.iteration % eval_every == 0 or net.iteration == total):
+                record["test_accuracy"] = net.accuracy(test.images, test.labels)
+            metrics.write(record)
+            _print_iteration(record, out)
     if getattr(net, "im2col_backends", None):
         print(f"im2col back end in the Spark tasks: {', '.join(sorted(net.im2col_backends))}",
               file=out)
     print(f"parameters saved to {path}", file=out)
 
 
-def _iteration(net, data, images, minibatch, path, metrics, out):
-    """One iteration, saved only if its loss and parameters are finite."""
-    index = batch_indices(net.iteration, minibatch, images)
-    progress = (Progress(minibatch, f"iteration {net.iteration + 1}")
+def _iteration(net, data, run, total, path, started):
+    """One iteration of the run's recipe, saved only if its loss and parameters
+    are finite -> its metrics record."""
+    images, minibatch, i = run["images"], run["minibatch"], net.iteration
+    index = batch_indices(i, minibatch, images, run["seed"], run["order"])
+    augment = draw_augmentation(run["seed"], i, minibatch,
+                                run["augment_pad"] if run["augment"] else None)
+    lr = learning_rate(i, net.lr, run["schedule"], run["schedule_length"], run["warmup"])
+    progress = (Progress(minibatch, f"iteration {i + 1}")
                 if minibatch >= PROGRESS_FROM else NoProgress())
-    record = net.train_iteration(data.images, data.labels, index, progress)
+    record = net.train_iteration(data.images, data.labels, index, progress, augment, lr)
     if not np.isfinite(record["loss"]) or not all(
             np.all(np.isfinite(p)) for p in net.params().values()):
         raise RuntimeError(
             f"training diverged at iteration {net.iteration} (loss {record['loss']}): "
             f"not saved, {path} keeps iteration {net.iteration - 1}; try a smaller --lr")
-    started = time.perf_counter()
+    net.run_info["wall_s"] = time.perf_counter() - started
+    saving = time.perf_counter()
     net.save(path)
-    record["save_s"] = time.perf_counter() - started
+    record["save_s"] = time.perf_counter() - saving
     record["rss_mb"] = rss_mb()
-    metrics.write(record)
+    record["epoch"] = net.iteration * minibatch / images
+    record["wall_s"] = time.perf_counter() - started
+    return record
+
+
+def _print_iteration(record, out):
     exchange = ""
     if "store_bytes" in record:
         exchange = (f" stored {record['store_bytes'] / 2**20:.1f} MB "
@@ -247,6 +309,9 @@ def _iteration(net, data, images, minibatch, path, metrics, out):
     print(f"iteration {record['iteration']}: forward {record['forward_s']:.2f}s "
           f"backward {record['backward_s']:.2f}s loss {record['loss']:.4f} "
           f"({record['images_per_s']:.0f} images/s){exchange}", file=out, flush=True)
+    if "test_accuracy" in record:
+        print(f"iteration {record['iteration']}: test accuracy {record['test_accuracy']:.4f} "
+              f"(epoch {record['epoch']:.2f}, {record['wall_s']:.0f}s)", file=out, flush=True)
 
 
 def evaluate(kind, split, args, out=sys.stdout):
@@ -265,4 +330,9 @@ def evaluate(kind, split, args, out=sys.stdout):
     correct = int(np.sum(predicted == data.labels))
     print(f"{correct} of {len(data)} {split} images right (parameters of iteration "
           f"{net.iteration})", file=out)
+    if getattr(args, "per_class", False):
+        from .evaluation import confusion_matrix, per_class_lines
+        matrix = confusion_matrix(data.labels, predicted, net.num_classes)
+        for line in per_class_lines(matrix, data.class_names):
+            print(line, file=out)
     print(f"accuracy {correct / len(data):.4f} on {len(data)} images", file=out)

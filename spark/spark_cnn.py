@@ -119,7 +119,7 @@ class SparkCNN(CNN):
         known = executor_hosts(self.sc)
         return [next((h for h in record.hosts if h in known), None) for record in records]
 
-    def loss_and_gradients(self, images, labels, index=None, progress=None):
+    def loss_and_gradients(self, images, labels, index=None, progress=None, augment=None):
         n = len(labels) if index is None else len(index)
         index = np.arange(n) if index is None else np.asarray(index)
         items = split_batches(n, self.batches)
@@ -127,12 +127,12 @@ class SparkCNN(CNN):
         job = self.job()
         t0 = time.perf_counter()
         images_bc = self._broadcast_images(images)
-        state_bc = self.sc.broadcast({"params": self.params(), "index": index})
+        state_bc = self.sc.broadcast({"params": self.params(), "index": index, "augment": augment})
         t1 = time.perf_counter()
         try:
             forward = self._batch_stage("forward", forward_task, job, images_bc, state_bc, items)
             scores = np.concatenate([r.scores for r in forward])                # (N, K)
-            loss, dscores = softmax_loss(scores, labels[index])
+            loss, dscores = softmax_loss(scores, labels[index], smoothing=self.label_smoothing)
             t2 = time.perf_counter()
             dscores_bc = self.sc.broadcast(dscores)
             t3 = time.perf_counter()

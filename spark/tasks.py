@@ -26,7 +26,8 @@ import numpy as np
 from . import im2col
 from .cnn import CNN, chunk_slices
 from .exchange import ExchangeConfig, address_is_local, open_matrix_store
-from .preprocess import normalize_images
+from .preprocess import batch_input
+from .recipe import slice_augmentation
 from .store import StoreAuthError, StoreError
 
 _NETWORKS = {}
@@ -110,8 +111,8 @@ def _network(spec, params):
     return net
 
 
-def _forward_chunks(net, images, index):
-    """Forward over images[index] chunk by chunk.
+def _forward_chunks(net, images, index, augment=None):
+    """Forward over images[index] (cropped and flipped by `augment`) chunk by chunk.
 
     Returns scores (n, K), the caches of the whole batch (one dict per layer,
     each array (n, ...), filled chunk by chunk into arrays allocated once), and
@@ -122,7 +123,7 @@ def _forward_chunks(net, images, index):
     scores = caches = None
     input_entries = set()
     for rows in chunk_slices(n, net.chunk):
-        x = normalize_images(images[index[rows]], net.dtype)       # (n_chunk, H, W, C)
+        x = batch_input(images, index, rows, augment, net.dtype)   # (n_chunk, H, W, C)
         chunk_scores, chunk_caches = net.forward(x)
         if caches is None:
             scores = np.empty((n,) + chunk_scores.shape[1:], chunk_scores.dtype)
@@ -138,13 +139,20 @@ def _forward_chunks(net, images, index):
     return scores, caches, sorted(input_entries)
 
 
+def _batch_selection(state, offset, count):
+    """The images of rows offset..offset+count of the iteration -> (index, augmentation draw)."""
+    rows = slice(offset, offset + count)
+    return state["index"][rows], slice_augmentation(state.get("augment"), rows)
+
+
 def predict_task(job, images_bc, state_bc, item):
     """item: (batch, offset, count) -> PredictResult. Nothing is stored."""
     batch, offset, count = item
     state = state_bc.value
     net = _network(job.network, state["params"])
     index = state["index"][offset:offset + count]
-    scores = np.concatenate([net.forward(normalize_images(images_bc.value[index[rows]], net.dtype))[0]
+    scores = np.concatenate([net.forward(batch_input(images_bc.value, index, rows,
+                                                     dtype=net.dtype))[0]
                              for rows in chunk_slices(count, net.chunk)])
     return PredictResult(batch, scores)
 
@@ -163,8 +171,8 @@ def forward_task(job, images_bc, state_bc, item):
     started = time.perf_counter()
     state = state_bc.value
     net = _network(job.network, state["params"])
-    index = state["index"][offset:offset + count]
-    scores, caches, input_entries = _forward_chunks(net, images_bc.value, index)
+    index, augment = _batch_selection(state, offset, count)
+    scores, caches, input_entries = _forward_chunks(net, images_bc.value, index, augment)
     computed = time.perf_counter()
     store = open_matrix_store(job.exchange)
     keys, written = [], 0
@@ -211,7 +219,7 @@ def backward_task(job, images_bc, state_bc, dscores_bc, record_json):
     state = state_bc.value
     net = _network(job.network, state["params"])
     offset, count = record.offset, record.count
-    index = state["index"][offset:offset + count]
+    index, augment = _batch_selection(state, offset, count)
     store = open_matrix_store(job.exchange)
     recomputed = 0
     try:
@@ -222,7 +230,7 @@ def backward_task(job, images_bc, state_bc, dscores_bc, record_json):
     except StoreError as e:
         print(f"spark-cnn: iteration {job.iteration + 1} batch {record.batch}: its matrices are "
               f"gone ({e}); recomputing its forward pass", file=sys.stderr, flush=True)
-        _, caches, inputs = _forward_chunks(net, images_bc.value, index)
+        _, caches, inputs = _forward_chunks(net, images_bc.value, index, augment)
         recomputed, local, nbytes = 1, None, 0
     loaded = time.perf_counter()
     dscores = dscores_bc.value[offset:offset + count]
@@ -230,7 +238,7 @@ def backward_task(job, images_bc, state_bc, dscores_bc, record_json):
     for rows in chunk_slices(count, net.chunk):
         chunk_caches = [{name: a[rows] for name, a in cache.items()} for cache in caches]
         if inputs:
-            x = normalize_images(images_bc.value[index[rows]], net.dtype)
+            x = batch_input(images_bc.value, index, rows, augment, net.dtype)
             for layer, name in inputs:
                 chunk_caches[layer][name] = x
         for name, g in net.backward(dscores[rows], chunk_caches).items():

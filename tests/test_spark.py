@@ -8,6 +8,7 @@ import pytest
 from spark.cnn import CNN
 from spark.exchange import hdfs_store, open_matrix_store
 from spark.locality_cnn import LocalityCNN
+from spark.recipe import batch_indices, draw_augmentation, learning_rate
 from spark.settings import Settings
 from spark.spark_cnn import SparkCNN, split_batches
 from sparkjobs import local_spark
@@ -83,6 +84,29 @@ def test_spark_loss_curve_equals_naive_over_five_iterations(kind, sc, settings, 
         assert relative_difference(dist.params()[name], p) <= 1e-4, name
     np.testing.assert_allclose(dist.predict_scores(images[:50]), local.predict_scores(images[:50]),
                                rtol=1e-4, atol=1e-4)
+    assert_nothing_left(dist)
+    dist.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_spark_equals_naive_with_the_training_recipe(kind, sc, settings, synthetic_train):
+    """Shuffled minibatches, crops and flips, label smoothing and a schedule: the
+    Spark tasks draw the same images and crops as the local trainer."""
+    images, labels = synthetic_train.images[:300], synthetic_train.labels[:300]
+    local = CNN(seed=6, chunk=16, label_smoothing=0.1)
+    dist = KINDS[kind](sc=sc, settings=settings, batches=3, seed=6, chunk=16, label_smoothing=0.1)
+    curve_l, curve_d = [], []
+    for i in range(4):
+        index = batch_indices(i, 70, 300, seed=6, order="shuffle")
+        augment = draw_augmentation(6, i, 70, pad=2)
+        lr = learning_rate(i, 0.01, "cosine", total=4, warmup=1)
+        curve_l.append(local.train_iteration(images, labels, index, augment=augment, lr=lr)["loss"])
+        curve_d.append(dist.train_iteration(images, labels, index, augment=augment, lr=lr)["loss"])
+    np.testing.assert_allclose(curve_d, curve_l, rtol=1e-5)
+    plain = CNN(seed=6, chunk=16).loss_and_gradients(images, labels, index)[0]
+    assert abs(plain - curve_l[-1]) > 1e-3          # the recipe did change what was computed
+    for name, p in local.params().items():
+        assert relative_difference(dist.params()[name], p) <= 1e-4, name
     assert_nothing_left(dist)
     dist.close()
 

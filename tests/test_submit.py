@@ -63,3 +63,31 @@ def test_unreachable_redis_fails_with_one_line_and_leaves_nothing(egg, synthetic
     assert not (tmp_path / "params" / "locality.npz").exists()
     hdfs = InsecureClient(service_env["SPARK_CNN_WEBHDFS"], user=service_env["SPARK_CNN_HDFS_USER"])
     assert hdfs.status(root, strict=False) is None or hdfs.list(root) == []
+
+
+def test_locality_train_follows_the_recipe_like_the_local_trainer(egg, synthetic_dir, service_env,
+                                                                  tmp_path):
+    """The recipe flags through spark-submit: the same losses, rates and test accuracy
+    as naive_train.py, evaluation on the test images as a Spark stage."""
+    from sparkjobs import run_script
+    recipe = ["--minibatch", 60, "--lr", 0.02, "--augment", "--schedule", "cosine", "--warmup", 1,
+              "--label-smoothing", 0.1, "--eval-every", 2, "--eval-images", 150, "--seed", 2]
+    env = job_env(service_env, tmp_path, synthetic_dir)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    spark_metrics, naive_metrics = tmp_path / "spark.jsonl", tmp_path / "naive.jsonl"
+    result = submit(egg, "locality_train.py", [240, 4, 3, *recipe, "--metrics", spark_metrics],
+                    env, work)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    naive = run_script("naive_train.py", 240, 4, *recipe, "--metrics", naive_metrics,
+                       "--data-dir", synthetic_dir, "--params-dir", tmp_path / "naive-params")
+    assert naive.returncode == 0, naive.stderr
+    spark_records = [json.loads(line) for line in spark_metrics.read_text().splitlines()]
+    naive_records = [json.loads(line) for line in naive_metrics.read_text().splitlines()]
+    for key in ("loss", "lr", "epoch"):
+        assert [r[key] for r in spark_records] == pytest.approx([r[key] for r in naive_records],
+                                                                rel=1e-5), key
+    accuracy = [(r["iteration"], r["test_accuracy"]) for r in spark_records if "test_accuracy" in r]
+    assert [i for i, _ in accuracy] == [2, 4]
+    expected = [r["test_accuracy"] for r in naive_records if "test_accuracy" in r]
+    assert [a for _, a in accuracy] == pytest.approx(expected, abs=2 / 150)

@@ -37,6 +37,22 @@ Public API
     ``0.0 + contributions``, so a lone -0.0 gradient becomes +0.0).
 ``numpy_maxpool_forward`` / ``numpy_maxpool_backward``
     Pure-NumPy reference implementations (always available).
+``maxpool_relu_forward(x, bias, kh, kw, stride)``
+    Bias add, ReLU and max pooling in one pass, for windows of at most 4
+    values that do not overlap (stride >= KH, KW): x (N, H, W, C), bias (C,)
+    -> ``(out, argmax, positive)``; out (N, OH, OW, C) = relu(maxpool(x +
+    bias)), which equals maxpool(relu(x + bias)) exactly.  argmax (uint8,
+    (N, OH, OW, ceil(C/4))) packs the window offsets (chosen as in
+    maxpool_forward) 2 bits per channel, channel 4q + r in bits 2r..2r+1 of
+    byte q; positive (uint8, (N, OH, OW, ceil(C/8))) is ``np.packbits(max >
+    0, axis=-1)``, the ReLU mask of the pooled values.  Unused bits are 0.
+``maxpool_relu_backward(dout, argmax, positive, h, w, kh, kw, stride)``
+    -> ``(dx, dbias)``: dx (N, H, W, C) is 0 + dout at the argmax of every
+    window whose maximum was positive and 0 elsewhere; dbias (C,) float64 is
+    the sum of those gradients over the output pixels, added one by one in
+    increasing (n, oh, ow) order.
+``numpy_maxpool_relu_forward`` / ``numpy_maxpool_relu_backward``
+    Pure-NumPy reference implementations (always available).
 ``backend()``
     ``"native"`` (the compiled ``spark.matrix`` extension) or ``"numpy"``.
 ``backend_error()``
@@ -94,6 +110,10 @@ __all__ = [
     "maxpool_backward",
     "numpy_maxpool_forward",
     "numpy_maxpool_backward",
+    "maxpool_relu_forward",
+    "maxpool_relu_backward",
+    "numpy_maxpool_relu_forward",
+    "numpy_maxpool_relu_backward",
     "backend",
     "backend_error",
     "backend_info",
@@ -106,7 +126,7 @@ _PKG = __name__.rpartition(".")[0] or "spark"
 _EXT_NAME = _PKG + ".matrix"
 _ENV_BACKEND = "SPARK_CNN_IM2COL"
 _ENV_CACHE = "SPARK_CNN_CACHE_DIR"
-_KERNEL_API = 2  # spark.matrix.KERNEL_API: the kernel signatures used here
+_KERNEL_API = 3  # spark.matrix.KERNEL_API: the kernel signatures used here
 
 
 # --------------------------------------------------------------- validation
@@ -301,6 +321,117 @@ def _front_ends(kernels, prefix):
     return functions
 
 
+MAX_FUSED_WINDOW = 4  # KH*KW of maxpool_relu_*: argmax offsets take 2 bits
+
+
+def _fused_geometry(func, shape, kh, kw, stride):
+    """Validate maxpool_relu arguments for an input shape; return (kh, kw,
+    stride, oh, ow)."""
+    kh = _int(kh, "kh", 1)
+    kw = _int(kw, "kw", 1)
+    stride = _int(stride, "stride", 1)
+    _, h, w, _ = shape
+    if kh * kw > MAX_FUSED_WINDOW:
+        raise ValueError(f"{func}: a {kh}x{kw} window has more than "
+                         f"{MAX_FUSED_WINDOW} values (argmax takes 2 bits)")
+    if stride < kh or stride < kw:
+        raise ValueError(f"{func}: windows {kh}x{kw} with stride {stride} "
+                         f"overlap (need stride >= {max(kh, kw)})")
+    if kh > h or kw > w:
+        raise ValueError(f"{func}: window {kh}x{kw} is larger than the "
+                         f"input {h}x{w}")
+    return kh, kw, stride, _span(h, kh, stride, 0), _span(w, kw, stride, 0)
+
+
+def _packed_uint8(a, func, what, shape):
+    a = np.asarray(a)
+    if a.dtype != np.uint8:
+        raise ValueError(f"{func}: {what} dtype must be uint8, got {a.dtype}")
+    if a.shape != shape:
+        raise ValueError(f"{func}: {what} must have shape {shape}, "
+                         f"got {a.shape}")
+    return np.ascontiguousarray(a)
+
+
+def _fused_front_ends(kernels, prefix):
+    """maxpool_relu_forward and maxpool_relu_backward running `kernels`
+    (same contract as _front_ends)."""
+    forward_kernel = kernels.maxpool_relu_forward
+    backward_kernel = kernels.maxpool_relu_backward
+
+    def maxpool_relu_forward(x, bias, kh, kw, stride):
+        """relu(maxpool(x + bias)): x (N, H, W, C), bias (C,) -> (out,
+        argmax, positive); out (N, OH, OW, C) of the dtype of x, argmax
+        (N, OH, OW, ceil(C/4)) and positive (N, OH, OW, ceil(C/8)) uint8."""
+        func = "maxpool_relu_forward"
+        x = _float_array(x, func, "x")
+        _check_4d(x, func, "x", "NHWC (N, H, W, C)")
+        n, h, w, c = x.shape
+        bias = np.ascontiguousarray(bias)
+        if bias.dtype != x.dtype or bias.shape != (c,):
+            raise ValueError(f"{func}: bias must be ({c},) {x.dtype}, got "
+                             f"{bias.shape} {bias.dtype}")
+        kh, kw, s, oh, ow = _fused_geometry(func, x.shape, kh, kw, stride)
+        out = np.empty((n, oh, ow, c), dtype=x.dtype)
+        argmax = np.empty((n, oh, ow, (c + 3) // 4), dtype=np.uint8)
+        positive = np.empty((n, oh, ow, (c + 7) // 8), dtype=np.uint8)
+        forward_kernel(x, bias, out, argmax, positive, n, h, w, c, kh, kw, s)
+        return out, argmax, positive
+
+    def maxpool_relu_backward(dout, argmax, positive, h, w, kh, kw, stride):
+        """Gradient of maxpool_relu_forward -> (dx (N, H, W, C) of the dtype
+        of dout, dbias (C,) float64)."""
+        func = "maxpool_relu_backward"
+        dout = _float_array(dout, func, "dout")
+        _check_4d(dout, func, "dout", "(N, OH, OW, C)")
+        n, c = dout.shape[0], dout.shape[3]
+        h = _int(h, "h", 0)
+        w = _int(w, "w", 0)
+        kh, kw, s, oh, ow = _fused_geometry(func, (n, h, w, c), kh, kw,
+                                            stride)
+        if dout.shape != (n, oh, ow, c):
+            raise ValueError(f"{func}: dout must have shape {(n, oh, ow, c)} "
+                             f"for H={h}, W={w}, window {kh}x{kw}, "
+                             f"stride={s}; got {dout.shape}")
+        argmax = _packed_uint8(argmax, func, "argmax",
+                               (n, oh, ow, (c + 3) // 4))
+        positive = _packed_uint8(positive, func, "positive",
+                                 (n, oh, ow, (c + 7) // 8))
+        if kh * kw < 4 and argmax.size and \
+                int(_unpack_offsets(argmax, c).max()) >= kh * kw:
+            raise ValueError(f"{func}: argmax holds an offset >= {kh * kw} "
+                             f"(not a {kh}x{kw} window offset)")
+        dx = np.empty((n, h, w, c), dtype=dout.dtype)
+        dbias = np.empty(c, dtype=np.float64)
+        backward_kernel(dout, argmax, positive, dx, dbias, n, h, w, c, kh, kw,
+                        s)
+        return dx, dbias
+
+    functions = (maxpool_relu_forward, maxpool_relu_backward)
+    for function, kernel in zip(functions, (forward_kernel, backward_kernel)):
+        function.__name__ = function.__qualname__ = prefix + function.__name__
+        function.kernel = kernel
+    return functions
+
+
+def _pack_offsets(offsets):
+    """(..., C) window offsets < 4 -> (..., ceil(C/4)) uint8, 2 bits each."""
+    c = offsets.shape[-1]
+    padded = np.zeros(offsets.shape[:-1] + ((c + 3) // 4 * 4,), np.uint8)
+    padded[..., :c] = offsets
+    quads = padded.reshape(offsets.shape[:-1] + ((c + 3) // 4, 4))  # (..., C/4, 4)
+    return (quads[..., 0] | quads[..., 1] << 2 | quads[..., 2] << 4
+            | quads[..., 3] << 6).astype(np.uint8)
+
+
+def _unpack_offsets(packed, c):
+    """Inverse of _pack_offsets: (..., ceil(C/4)) uint8 -> (..., C) uint8."""
+    shifts = np.array([0, 2, 4, 6], np.uint8)
+    quads = (packed[..., None] >> shifts) & 3                  # (..., C/4, 4)
+    flat = quads.reshape(packed.shape[:-1] + (4 * packed.shape[-1],))
+    return flat[..., :c].astype(np.uint8)
+
+
 # ------------------------------------------------------------ NumPy kernels
 
 def _window(a, i, j, stride, oh, ow):
@@ -379,16 +510,46 @@ def _numpy_maxpool_backward_kernel(dout, argmax, dx, n, h, w, c, kh, kw, s):
             np.copyto(target, first, where=chosen)
 
 
+def _numpy_maxpool_relu_forward_kernel(x, bias, out, argmax, positive, n, h,
+                                       w, c, kh, kw, s):
+    """Pooling of x + bias as in maxpool_forward, then the ReLU on the
+    pooled values (NaN kept, like the C code: NaN <= 0 is false)."""
+    offsets = np.empty(out.shape, np.uint8)
+    _numpy_maxpool_forward_kernel(x + bias, out, offsets, n, h, w, c, kh, kw,
+                                  s)
+    positive[...] = np.packbits(out > 0, axis=-1)
+    np.copyto(out, out.dtype.type(0), where=out <= 0)
+    argmax[...] = _pack_offsets(offsets)
+
+
+def _numpy_maxpool_relu_backward_kernel(dout, argmax, positive, dx, dbias, n,
+                                        h, w, c, kh, kw, s):
+    """The pooled gradients where the ReLU passed them (0 + dout, so never
+    -0.0), summed into dbias row by row (accumulate: the C code's order) and
+    routed to the window maxima by the maxpool_backward kernel."""
+    passed = np.unpackbits(positive, axis=-1, count=c).view(np.bool_)
+    zero = dout.dtype.type(0)
+    kept = np.where(passed, dout + zero, zero)                  # (N, OH, OW, C)
+    rows = kept.reshape(-1, c).astype(np.float64)
+    dbias[...] = np.add.accumulate(rows, axis=0)[-1] if len(rows) else 0.0
+    _numpy_maxpool_backward_kernel(kept, _unpack_offsets(argmax, c), dx, n, h,
+                                   w, c, kh, kw, s)
+
+
 _NUMPY_KERNELS = types.SimpleNamespace(
     im2col=_numpy_im2col_kernel,
     col2im=_numpy_col2im_kernel,
     maxpool_forward=_numpy_maxpool_forward_kernel,
     maxpool_backward=_numpy_maxpool_backward_kernel,
+    maxpool_relu_forward=_numpy_maxpool_relu_forward_kernel,
+    maxpool_relu_backward=_numpy_maxpool_relu_backward_kernel,
 )
 
 # Pure-NumPy reference implementations, always available.
 (numpy_im2col, numpy_col2im, numpy_maxpool_forward,
  numpy_maxpool_backward) = _front_ends(_NUMPY_KERNELS, "numpy_")
+numpy_maxpool_relu_forward, numpy_maxpool_relu_backward = _fused_front_ends(
+    _NUMPY_KERNELS, "numpy_")
 
 
 # ------------------------------------------------------- native loading
@@ -548,6 +709,22 @@ def _self_test(module):
                                               1).tobytes():
         raise ImportError("native maxpool_backward disagrees with the NumPy "
                           "reference")
+    # Fused pooling + ReLU: 2x2 windows with gaps (stride 3), 11 channels
+    # (partly filled packed bytes), ties and values of both signs.
+    fused_forward, fused_backward = _fused_front_ends(module, "")
+    x = ((np.arange(2 * 7 * 8 * 11) * 5 % 9) - 4.0).reshape(2, 7, 8, 11)
+    bias = np.linspace(-1.0, 1.0, 11)
+    got = fused_forward(x, bias, 2, 2, 3)
+    ref = numpy_maxpool_relu_forward(x, bias, 2, 2, 3)
+    if not all(a.tobytes() == b.tobytes() for a, b in zip(got, ref)):
+        raise ImportError("native maxpool_relu_forward disagrees with the "
+                          "NumPy reference")
+    dout = np.linspace(-1.0, 1.0, got[0].size).reshape(got[0].shape)
+    got = fused_backward(dout, ref[1], ref[2], 7, 8, 2, 2, 3)
+    ref = numpy_maxpool_relu_backward(dout, ref[1], ref[2], 7, 8, 2, 2, 3)
+    if not all(a.tobytes() == b.tobytes() for a, b in zip(got, ref)):
+        raise ImportError("native maxpool_relu_backward disagrees with the "
+                          "NumPy reference")
 
 
 def _load_native():
@@ -587,10 +764,14 @@ _native, _native_path, _error = _choose()
 
 if _native is not None:
     im2col, col2im, maxpool_forward, maxpool_backward = _front_ends(_native, "")
+    maxpool_relu_forward, maxpool_relu_backward = _fused_front_ends(_native,
+                                                                    "")
 else:
     im2col, col2im = numpy_im2col, numpy_col2im
     maxpool_forward, maxpool_backward = (numpy_maxpool_forward,
                                          numpy_maxpool_backward)
+    maxpool_relu_forward, maxpool_relu_backward = (
+        numpy_maxpool_relu_forward, numpy_maxpool_relu_backward)
 
 
 def backend():

@@ -21,7 +21,7 @@ cnp.import_array()
 
 # Bumped whenever a kernel signature changes; spark.im2col refuses (and falls
 # back to NumPy for) a build with another value.
-KERNEL_API = 2
+KERNEL_API = 3
 
 
 cdef extern from "matrix_c.h" nogil:
@@ -60,6 +60,36 @@ cdef extern from "matrix_c.h" nogil:
                                    Py_ssize_t h, Py_ssize_t w, Py_ssize_t c,
                                    Py_ssize_t kh, Py_ssize_t kw,
                                    Py_ssize_t stride, double *dx)
+    int spark_maxpool_relu_forward_f32(const float *x, const float *bias,
+                                       Py_ssize_t n, Py_ssize_t h,
+                                       Py_ssize_t w, Py_ssize_t c,
+                                       Py_ssize_t kh, Py_ssize_t kw,
+                                       Py_ssize_t stride, float *out,
+                                       unsigned char *argmax,
+                                       unsigned char *positive)
+    int spark_maxpool_relu_forward_f64(const double *x, const double *bias,
+                                       Py_ssize_t n, Py_ssize_t h,
+                                       Py_ssize_t w, Py_ssize_t c,
+                                       Py_ssize_t kh, Py_ssize_t kw,
+                                       Py_ssize_t stride, double *out,
+                                       unsigned char *argmax,
+                                       unsigned char *positive)
+    int spark_maxpool_relu_backward_f32(const float *dout,
+                                        const unsigned char *argmax,
+                                        const unsigned char *positive,
+                                        Py_ssize_t n, Py_ssize_t h,
+                                        Py_ssize_t w, Py_ssize_t c,
+                                        Py_ssize_t kh, Py_ssize_t kw,
+                                        Py_ssize_t stride, float *dx,
+                                        double *dbias)
+    int spark_maxpool_relu_backward_f64(const double *dout,
+                                        const unsigned char *argmax,
+                                        const unsigned char *positive,
+                                        Py_ssize_t n, Py_ssize_t h,
+                                        Py_ssize_t w, Py_ssize_t c,
+                                        Py_ssize_t kh, Py_ssize_t kw,
+                                        Py_ssize_t stride, double *dx,
+                                        double *dbias)
 
 
 ctypedef int (*window_f32)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
@@ -158,3 +188,57 @@ def maxpool_backward(cnp.ndarray dout not None, cnp.ndarray argmax not None,
                                             w, c, kh, kw, stride,
                                             <double *>dst)
     _check(rc, "maxpool_backward")
+
+
+def maxpool_relu_forward(cnp.ndarray x not None, cnp.ndarray bias not None,
+                         cnp.ndarray out not None, cnp.ndarray argmax not None,
+                         cnp.ndarray positive not None, Py_ssize_t n,
+                         Py_ssize_t h, Py_ssize_t w, Py_ssize_t c,
+                         Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t stride):
+    """out (N, OH, OW, C), packed argmax and positive <- relu(maxpool(x + bias))."""
+    cdef const void *src = cnp.PyArray_DATA(x)
+    cdef const void *b = cnp.PyArray_DATA(bias)
+    cdef void *dst = cnp.PyArray_DATA(out)
+    cdef unsigned char *arg = <unsigned char *>cnp.PyArray_DATA(argmax)
+    cdef unsigned char *pos = <unsigned char *>cnp.PyArray_DATA(positive)
+    cdef bint single = _single(x)
+    cdef int rc
+    with nogil:
+        if single:
+            rc = spark_maxpool_relu_forward_f32(
+                <const float *>src, <const float *>b, n, h, w, c, kh, kw,
+                stride, <float *>dst, arg, pos)
+        else:
+            rc = spark_maxpool_relu_forward_f64(
+                <const double *>src, <const double *>b, n, h, w, c, kh, kw,
+                stride, <double *>dst, arg, pos)
+    _check(rc, "maxpool_relu_forward")
+
+
+def maxpool_relu_backward(cnp.ndarray dout not None,
+                          cnp.ndarray argmax not None,
+                          cnp.ndarray positive not None,
+                          cnp.ndarray dx not None, cnp.ndarray dbias not None,
+                          Py_ssize_t n, Py_ssize_t h, Py_ssize_t w,
+                          Py_ssize_t c, Py_ssize_t kh, Py_ssize_t kw,
+                          Py_ssize_t stride):
+    """dx (N, H, W, C), dbias (C,) float64 <- gradient of maxpool_relu_forward."""
+    cdef const void *src = cnp.PyArray_DATA(dout)
+    cdef const unsigned char *arg = <const unsigned char *>cnp.PyArray_DATA(
+        argmax)
+    cdef const unsigned char *pos = <const unsigned char *>cnp.PyArray_DATA(
+        positive)
+    cdef void *dst = cnp.PyArray_DATA(dx)
+    cdef double *db = <double *>cnp.PyArray_DATA(dbias)
+    cdef bint single = _single(dout)
+    cdef int rc
+    with nogil:
+        if single:
+            rc = spark_maxpool_relu_backward_f32(
+                <const float *>src, arg, pos, n, h, w, c, kh, kw, stride,
+                <float *>dst, db)
+        else:
+            rc = spark_maxpool_relu_backward_f64(
+                <const double *>src, arg, pos, n, h, w, c, kh, kw, stride,
+                <double *>dst, db)
+    _check(rc, "maxpool_relu_backward")

@@ -360,3 +360,217 @@ SPARK_DEFINE_MAXPOOL(f32, float)
 SPARK_DEFINE_MAXPOOL(f64, double)
 
 #undef SPARK_DEFINE_MAXPOOL
+
+/* ------------------------------------------- max pooling fused with ReLU */
+
+/*
+ * relu(maxpool(x + bias)) == maxpool(relu(x + bias)) exactly, so the ReLU of
+ * a conv -> ReLU -> pool stack is applied to the pooled values only.  For
+ * small windows (KH*KW <= 4) the argmax needs 2 bits: it is packed four
+ * channels to a byte (channel 4q + r in bits 2r..2r+1), and whether the
+ * pooled value is positive (the ReLU mask) eight channels to a byte, first
+ * channel in the most significant bit (np.packbits order).  Unused bits are
+ * zero.  Windows must not overlap (stride >= KH and stride >= KW), so every
+ * dx element belongs to at most one window and is written once.
+ *
+ * Channels are worked through in blocks of SPARK_FUSED_BLOCK (a multiple of
+ * 8, so packed bytes never straddle two blocks).
+ */
+#define SPARK_FUSED_BLOCK 64
+
+static int fused_geometry(ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c,
+                          ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t stride,
+                          ptrdiff_t *oh, ptrdiff_t *ow)
+{
+    if (kh < 1 || kw < 1 || kh * kw > SPARK_MAXPOOL_RELU_MAX_WINDOW
+        || stride < kh || stride < kw)
+        return -1;
+    return check_geometry(n, h, w, c, kh, kw, stride, 0, oh, ow);
+}
+
+/* Pack the 2-bit offsets and the 0/1 flags of channels k0..k0+len
+ * (k0 % 8 == 0; arg and pos hold SPARK_FUSED_BLOCK entries, zero past len). */
+static inline void pack_codes(const unsigned char *SPARK_RESTRICT arg,
+                              const unsigned char *SPARK_RESTRICT pos,
+                              size_t k0, size_t len,
+                              unsigned char *SPARK_RESTRICT pa,
+                              unsigned char *SPARK_RESTRICT pp)
+{
+    const size_t qa = (len + 3) / 4, qp = (len + 7) / 8;
+    for (size_t q = 0; q < qa; ++q)
+        pa[k0 / 4 + q] = (unsigned char)(arg[4 * q] | arg[4 * q + 1] << 2
+                                         | arg[4 * q + 2] << 4
+                                         | arg[4 * q + 3] << 6);
+    for (size_t q = 0; q < qp; ++q)
+        pp[k0 / 8 + q] = (unsigned char)(
+            pos[8 * q] << 7 | pos[8 * q + 1] << 6 | pos[8 * q + 2] << 5
+            | pos[8 * q + 3] << 4 | pos[8 * q + 4] << 3 | pos[8 * q + 5] << 2
+            | pos[8 * q + 6] << 1 | pos[8 * q + 7]);
+}
+
+/* Inverse of pack_codes (entries past len are garbage-free zeros or bits of
+ * unused channels, which are 0 by contract). */
+static inline void unpack_codes(const unsigned char *SPARK_RESTRICT pa,
+                                const unsigned char *SPARK_RESTRICT pp,
+                                size_t k0, size_t len,
+                                unsigned char *SPARK_RESTRICT arg,
+                                unsigned char *SPARK_RESTRICT pos)
+{
+    const size_t qa = (len + 3) / 4, qp = (len + 7) / 8;
+    for (size_t q = 0; q < qa; ++q) {
+        const unsigned char b = pa[k0 / 4 + q];
+        arg[4 * q] = b & 3;
+        arg[4 * q + 1] = (b >> 2) & 3;
+        arg[4 * q + 2] = (b >> 4) & 3;
+        arg[4 * q + 3] = (unsigned char)(b >> 6);
+    }
+    for (size_t q = 0; q < qp; ++q) {
+        const unsigned char b = pp[k0 / 8 + q];
+        for (int r = 0; r < 8; ++r)
+            pos[8 * q + r] = (b >> (7 - r)) & 1;
+    }
+}
+
+#define SPARK_DEFINE_MAXPOOL_RELU(SUFFIX, T)                                  \
+int spark_maxpool_relu_forward_##SUFFIX(const T *x, const T *bias,            \
+                                        ptrdiff_t n, ptrdiff_t h,             \
+                                        ptrdiff_t w, ptrdiff_t c,             \
+                                        ptrdiff_t kh, ptrdiff_t kw,           \
+                                        ptrdiff_t stride, T *out,             \
+                                        unsigned char *argmax,                \
+                                        unsigned char *positive)              \
+{                                                                             \
+    ptrdiff_t oh, ow;                                                         \
+    if (fused_geometry(n, h, w, c, kh, kw, stride, &oh, &ow) != 0)            \
+        return -1;                                                            \
+    const size_t uc = (size_t)c, ca = (uc + 3) / 4, cp = (uc + 7) / 8;        \
+    const size_t xrow = (size_t)w * uc;                                       \
+    const size_t ximg = (size_t)h * xrow;                                     \
+    T *o = out;                                                               \
+    unsigned char *pa = argmax, *pp = positive;                               \
+    for (ptrdiff_t in = 0; in < n; ++in) {                                    \
+      for (ptrdiff_t y = 0; y < oh; ++y) {                                    \
+        for (ptrdiff_t xo = 0; xo < ow; ++xo, o += uc, pa += ca, pp += cp) {  \
+            const T *base = x + (size_t)in * ximg                             \
+                            + (size_t)(y * stride) * xrow                     \
+                            + (size_t)(xo * stride) * uc;                     \
+            for (size_t k0 = 0; k0 < uc; k0 += SPARK_FUSED_BLOCK) {           \
+                const size_t len = uc - k0 < SPARK_FUSED_BLOCK                \
+                                   ? uc - k0 : SPARK_FUSED_BLOCK;             \
+                const T *SPARK_RESTRICT b = bias + k0;                        \
+                T best[SPARK_FUSED_BLOCK];                                    \
+                unsigned char arg[SPARK_FUSED_BLOCK] = {0};                   \
+                unsigned char pos[SPARK_FUSED_BLOCK] = {0};                   \
+                const T *SPARK_RESTRICT v0 = base + k0;                       \
+                for (size_t k = 0; k < len; ++k)                              \
+                    best[k] = v0[k] + b[k];                                   \
+                for (ptrdiff_t i = 0; i < kh; ++i) {                          \
+                    for (ptrdiff_t j = (i == 0); j < kw; ++j) {               \
+                        const T *SPARK_RESTRICT v =                           \
+                            base + (size_t)i * xrow + (size_t)j * uc + k0;    \
+                        const unsigned char off =                             \
+                            (unsigned char)(i * kw + j);                      \
+                        for (size_t k = 0; k < len; ++k) {                    \
+                            const T cur = best[k], val = v[k] + b[k];         \
+                            const int gt = val > cur;                         \
+                            best[k] = gt ? val : cur;                         \
+                            arg[k] = (unsigned char)                          \
+                                (arg[k] ^ ((arg[k] ^ off)                     \
+                                           & (unsigned char)-gt));            \
+                        }                                                     \
+                    }                                                         \
+                }                                                             \
+                T *SPARK_RESTRICT od = o + k0;                                \
+                for (size_t k = 0; k < len; ++k) {                            \
+                    const T m = best[k];                                      \
+                    od[k] = m <= (T)0 ? (T)0 : m;                             \
+                    pos[k] = (unsigned char)(m > (T)0);                       \
+                }                                                             \
+                pack_codes(arg, pos, k0, len, pa, pp);                        \
+            }                                                                 \
+        }                                                                     \
+      }                                                                       \
+    }                                                                         \
+    return 0;                                                                 \
+}                                                                             \
+                                                                              \
+int spark_maxpool_relu_backward_##SUFFIX(const T *dout,                       \
+                                         const unsigned char *argmax,         \
+                                         const unsigned char *positive,       \
+                                         ptrdiff_t n, ptrdiff_t h,            \
+                                         ptrdiff_t w, ptrdiff_t c,            \
+                                         ptrdiff_t kh, ptrdiff_t kw,          \
+                                         ptrdiff_t stride, T *dx,             \
+                                         double *dbias)                       \
+{                                                                             \
+    ptrdiff_t oh, ow;                                                         \
+    if (fused_geometry(n, h, w, c, kh, kw, stride, &oh, &ow) != 0)            \
+        return -1;                                                            \
+    const size_t uc = (size_t)c, ca = (uc + 3) / 4, cp = (uc + 7) / 8;        \
+    const size_t xrow = (size_t)w * uc;                                       \
+    const size_t ximg = (size_t)h * xrow;                                     \
+    const size_t pixels = (size_t)n * (size_t)oh * (size_t)ow;                \
+    if (kh * kw < 4) {                                                        \
+        for (size_t p = 0; p < pixels; ++p)                                   \
+            for (size_t ch = 0; ch < uc; ++ch)                                \
+                if (((argmax[p * ca + (ch >> 2)] >> (2 * (ch & 3))) & 3)      \
+                    >= kh * kw)                                               \
+                    return -2;                                                \
+    }                                                                         \
+    for (size_t k = 0; k < uc; ++k)                                           \
+        dbias[k] = 0.0;                                                       \
+    for (ptrdiff_t in = 0; in < n; ++in) {                                    \
+        T *dn = dx + (size_t)in * ximg;                                       \
+        for (ptrdiff_t ih = oh * stride; ih < h; ++ih)                        \
+            memset(dn + (size_t)ih * xrow, 0, xrow * sizeof(T));              \
+        for (ptrdiff_t y = 0; y < oh; ++y) {                                  \
+            for (ptrdiff_t i = kh; i < stride && y * stride + i < h; ++i)     \
+                memset(dn + (size_t)(y * stride + i) * xrow, 0,               \
+                       xrow * sizeof(T));                                     \
+            for (ptrdiff_t xo = 0; xo < ow; ++xo) {                           \
+                const size_t p = ((size_t)in * (size_t)oh + (size_t)y)        \
+                                 * (size_t)ow + (size_t)xo;                   \
+                const T *SPARK_RESTRICT g = dout + p * uc;                    \
+                T *base = dn + (size_t)(y * stride) * xrow                    \
+                          + (size_t)(xo * stride) * uc;                       \
+                for (size_t k0 = 0; k0 < uc; k0 += SPARK_FUSED_BLOCK) {       \
+                    const size_t len = uc - k0 < SPARK_FUSED_BLOCK            \
+                                       ? uc - k0 : SPARK_FUSED_BLOCK;         \
+                    unsigned char arg[SPARK_FUSED_BLOCK];                     \
+                    unsigned char pos[SPARK_FUSED_BLOCK];                     \
+                    T gm[SPARK_FUSED_BLOCK];                                  \
+                    unpack_codes(argmax + p * ca, positive + p * cp, k0,      \
+                                 len, arg, pos);                              \
+                    for (size_t k = 0; k < len; ++k) {                        \
+                        gm[k] = select_##SUFFIX(pos[k], (T)0 + g[k0 + k],     \
+                                                (T)0);                        \
+                        dbias[k0 + k] += (double)gm[k];                       \
+                    }                                                         \
+                    for (ptrdiff_t i = 0; i < kh; ++i) {                      \
+                        for (ptrdiff_t j = 0; j < kw; ++j) {                  \
+                            T *SPARK_RESTRICT d = base + (size_t)i * xrow     \
+                                                  + (size_t)j * uc + k0;      \
+                            const unsigned char off =                         \
+                                (unsigned char)(i * kw + j);                  \
+                            for (size_t k = 0; k < len; ++k)                  \
+                                d[k] = select_##SUFFIX(arg[k] == off, gm[k],  \
+                                                       (T)0);                 \
+                        }                                                     \
+                    }                                                         \
+                }                                                             \
+                /* the gap between this window and the next (or the edge) */ \
+                for (ptrdiff_t i = 0; i < kh; ++i) {                          \
+                    const ptrdiff_t end = xo + 1 < ow ? (xo + 1) * stride : w;\
+                    memset(base + (size_t)i * xrow + (size_t)kw * uc, 0,      \
+                           (size_t)(end - xo * stride - kw) * uc * sizeof(T));\
+                }                                                             \
+            }                                                                 \
+        }                                                                     \
+    }                                                                         \
+    return 0;                                                                 \
+}
+
+SPARK_DEFINE_MAXPOOL_RELU(f32, float)
+SPARK_DEFINE_MAXPOOL_RELU(f64, double)
+
+#undef SPARK_DEFINE_MAXPOOL_RELU

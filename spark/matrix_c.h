@@ -99,6 +99,54 @@ int spark_maxpool_backward_f64(const double *dout,
                                ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t stride,
                                double *dx);
 
+/* Max pooling fused with the ReLU that precedes it and the bias added before
+ * both: out = max(0, max over the window of x + bias[c]) for windows of at
+ * most 4 values that do not overlap (stride >= KH, stride >= KW).
+ *   x (N, H, W, C), bias (C,) -> out (N, OH, OW, C),
+ *   argmax (N, OH, OW, ceil(C/4)): the window offset kh*KW + kw of the
+ *       maximum of x + bias (first maximum on ties, as in maxpool_forward),
+ *       2 bits per channel, channel 4q + r in bits 2r, 2r+1 of byte q;
+ *   positive (N, OH, OW, ceil(C/8)): 1 where that maximum is > 0, eight
+ *       channels to a byte, channel 8q + r in bit 7 - r (np.packbits order).
+ *   Unused bits are 0.  out is 0 where the maximum is <= 0 (+0.0), else the
+ *   maximum (a NaN at offset 0 is kept, as in maxpool_forward).
+ * The backward pass writes every dx element: 0 + dout where the argmax
+ * points and the value was positive, else 0; dbias[c] (float64) is the sum
+ * over the output pixels, in increasing (n, oh, ow) order starting from 0.0,
+ * of those gradients.  It returns -2 (before writing anything) if an argmax
+ * code is >= KH*KW. */
+#define SPARK_MAXPOOL_RELU_MAX_WINDOW 4
+
+int spark_maxpool_relu_forward_f32(const float *x, const float *bias,
+                                   ptrdiff_t n, ptrdiff_t h, ptrdiff_t w,
+                                   ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw,
+                                   ptrdiff_t stride, float *out,
+                                   unsigned char *argmax,
+                                   unsigned char *positive);
+
+int spark_maxpool_relu_forward_f64(const double *x, const double *bias,
+                                   ptrdiff_t n, ptrdiff_t h, ptrdiff_t w,
+                                   ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw,
+                                   ptrdiff_t stride, double *out,
+                                   unsigned char *argmax,
+                                   unsigned char *positive);
+
+int spark_maxpool_relu_backward_f32(const float *dout,
+                                    const unsigned char *argmax,
+                                    const unsigned char *positive,
+                                    ptrdiff_t n, ptrdiff_t h, ptrdiff_t w,
+                                    ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw,
+                                    ptrdiff_t stride, float *dx,
+                                    double *dbias);
+
+int spark_maxpool_relu_backward_f64(const double *dout,
+                                    const unsigned char *argmax,
+                                    const unsigned char *positive,
+                                    ptrdiff_t n, ptrdiff_t h, ptrdiff_t w,
+                                    ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw,
+                                    ptrdiff_t stride, double *dx,
+                                    double *dbias);
+
 #ifdef __cplusplus
 }
 #endif

@@ -662,3 +662,224 @@ def test_env_var_numpy_fallback_covers_pooling():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[0] == "numpy"
+
+
+# ------------------------------------------------ max pooling fused with ReLU
+
+def _fused_cases(count, seed):
+    """Random shapes for maxpool_relu: windows of at most 4 values, stride
+    >= the window, channel counts that leave packed bytes part-filled and
+    that span more than one 64-channel block of the C code."""
+    rng = np.random.default_rng(seed)
+    windows = [(1, 1), (1, 2), (2, 1), (2, 2), (1, 3), (3, 1), (1, 4), (4, 1)]
+    cases = []
+    while len(cases) < count:
+        kh, kw = windows[int(rng.integers(len(windows)))]
+        stride = max(kh, kw) + int(rng.integers(0, 2))
+        h, w = (int(v) for v in rng.integers(1, 10, size=2))
+        if kh > h or kw > w:
+            continue
+        c = int(rng.choice([1, 3, 4, 5, 8, 9, 13, 64, 70]))
+        cases.append((int(rng.integers(0, 4)), h, w, c, kh, kw, stride))
+    return cases
+
+
+FUSED_CASES = _fused_cases(150, seed=99)
+
+
+def _relu_pool_reference(x, bias, kh, kw, s):
+    """relu(maxpool(x + bias)) and the unpacked offsets, by plain loops."""
+    n, h, w, c = x.shape
+    shifted = x + bias
+    oh, ow = (h - kh) // s + 1, (w - kw) // s + 1
+    out = np.zeros((n, oh, ow, c), x.dtype)
+    arg = np.zeros((n, oh, ow, c), np.uint8)
+    for i in range(oh):
+        for j in range(ow):
+            window = shifted[:, i * s:i * s + kh, j * s:j * s + kw, :]
+            flat = window.reshape(n, kh * kw, c)
+            arg[:, i, j] = flat.argmax(axis=1)
+            out[:, i, j] = np.maximum(flat.max(axis=1), 0)
+    return out, arg
+
+
+def _unpack2(packed, c):
+    bits = (packed[..., None] >> np.array([0, 2, 4, 6], np.uint8)) & 3
+    return bits.reshape(packed.shape[:-1] + (4 * packed.shape[-1],))[..., :c]
+
+
+def test_fused_cases_cover_the_interesting_space():
+    n, h, w, c, kh, kw, s = zip(*FUSED_CASES)
+    assert {(a, b) for a, b in zip(kh, kw)} >= {(1, 1), (2, 2), (1, 3), (4, 1)}
+    assert 0 in n and any(a > b for a, b in zip(s, kh))
+    assert {1, 5, 9, 70} <= set(c)
+
+
+@pytest.mark.parametrize("kind", ["ties", "normal"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_native_maxpool_relu_matches_numpy_on_random_shapes(dtype, kind):
+    k = _kernels()
+    assert im.maxpool_relu_forward.kernel is k.maxpool_relu_forward
+    assert im.maxpool_relu_backward.kernel is k.maxpool_relu_backward
+    rng = np.random.default_rng(17)
+    for n, h, w, c, kh, kw, s in FUSED_CASES:
+        x = _pool_input(rng, (n, h, w, c), dtype, kind)
+        bias = (rng.integers(-2, 3, c) if kind == "ties"
+                else rng.standard_normal(c)).astype(dtype)
+        got = im.maxpool_relu_forward(x, bias, kh, kw, s)
+        ref = im.numpy_maxpool_relu_forward(x, bias, kh, kw, s)
+        for a, b in zip(got, ref):
+            _same_bits(a, b)
+        dout = _pool_grad(rng, got[0].shape, dtype)
+        got = im.maxpool_relu_backward(dout, ref[1], ref[2], h, w, kh, kw, s)
+        ref = im.numpy_maxpool_relu_backward(dout, ref[1], ref[2], h, w, kh,
+                                             kw, s)
+        for a, b in zip(got, ref):
+            _same_bits(a, b)
+
+
+@pytest.mark.parametrize("impl", ["native", "numpy"])
+def test_maxpool_relu_is_relu_of_maxpool_with_packed_codes(impl):
+    fused = im if impl == "native" else None
+    if fused is not None:
+        _kernels()
+    forward = im.maxpool_relu_forward if impl == "native" else im.numpy_maxpool_relu_forward
+    rng = np.random.default_rng(23)
+    for n, h, w, c, kh, kw, s in FUSED_CASES[:60]:
+        x = rng.standard_normal((n, h, w, c))
+        bias = rng.standard_normal(c)
+        out, argmax, positive = forward(x, bias, kh, kw, s)
+        ref_out, ref_arg = _relu_pool_reference(x, bias, kh, kw, s)
+        _same_bits(out, ref_out)
+        np.testing.assert_array_equal(_unpack2(argmax, c), ref_arg)
+        np.testing.assert_array_equal(
+            np.unpackbits(positive, axis=-1, count=c).astype(bool), out > 0)
+        # unused bits of part-filled bytes stay zero
+        assert not (_unpack2(argmax, argmax.shape[-1] * 4)[..., c:]).any()
+        assert not np.unpackbits(positive, axis=-1)[..., c:].any()
+
+
+@pytest.mark.parametrize("impl", ["native", "numpy"])
+def test_maxpool_relu_backward_is_the_unfused_gradient(impl):
+    if impl == "native":
+        _kernels()
+        forward, backward = im.maxpool_relu_forward, im.maxpool_relu_backward
+    else:
+        forward = im.numpy_maxpool_relu_forward
+        backward = im.numpy_maxpool_relu_backward
+    rng = np.random.default_rng(29)
+    for n, h, w, c, kh, kw, s in FUSED_CASES[:60]:
+        x = rng.standard_normal((n, h, w, c))
+        bias = rng.standard_normal(c)
+        out, argmax, positive = forward(x, bias, kh, kw, s)
+        dout = rng.standard_normal(out.shape)
+        dx, dbias = backward(dout, argmax, positive, h, w, kh, kw, s)
+        # unfused: pooling of the biased input, then the ReLU mask on its output
+        pooled, arg = im.numpy_maxpool_forward(x + bias, kh, kw, s)
+        masked = dout * (pooled > 0)
+        expected = im.numpy_maxpool_backward(masked, arg, h, w, kh, kw, s)
+        np.testing.assert_array_equal(dx, expected)
+        assert dbias.dtype == np.float64 and dbias.shape == (c,)
+        np.testing.assert_allclose(dbias, masked.reshape(-1, c).sum(axis=0),
+                                   rtol=1e-12, atol=1e-12)
+        assert (dx[dx != 0].size <= (pooled > 0).sum())
+
+
+def test_maxpool_relu_keeps_nan_and_zeroes_negative_zero():
+    _kernels()
+    for forward in (im.maxpool_relu_forward, im.numpy_maxpool_relu_forward):
+        # channel 0: NaN, -0, -1, 3 (NaN first); channel 1: -1, 2, -2, NaN
+        x = np.array([np.nan, -1.0, -0.0, 2.0, -1.0, -2.0, 3.0, np.nan],
+                     np.float32).reshape(1, 2, 2, 2)
+        out, argmax, positive = forward(x, np.zeros(2, np.float32), 2, 2, 2)
+        assert np.isnan(out[0, 0, 0, 0])          # NaN at offset 0 is kept
+        assert out[0, 0, 0, 1].tobytes() == np.float32(2.0).tobytes()
+        assert _unpack2(argmax, 2).tolist() == [[[[0, 1]]]]
+        assert np.unpackbits(positive, axis=-1, count=2).tolist() == [[[[0, 1]]]]
+        x = np.full((1, 2, 2, 1), -0.0, np.float32)
+        out, _, positive = forward(x, np.zeros(1, np.float32), 2, 2, 2)
+        assert out.tobytes() == np.float32(0.0).tobytes() and positive.item() == 0
+
+
+@pytest.mark.parametrize("impl", ["native", "numpy"])
+def test_maxpool_relu_argument_validation(impl):
+    if impl == "native":
+        _kernels()
+        forward, backward = im.maxpool_relu_forward, im.maxpool_relu_backward
+    else:
+        forward = im.numpy_maxpool_relu_forward
+        backward = im.numpy_maxpool_relu_backward
+    x = np.zeros((1, 6, 6, 3), np.float32)
+    b = np.zeros(3, np.float32)
+    with pytest.raises(ValueError, match="more than 4 values"):
+        forward(x, b, 3, 2, 3)
+    with pytest.raises(ValueError, match="overlap"):
+        forward(x, b, 2, 2, 1)
+    with pytest.raises(ValueError, match="bias"):
+        forward(x, np.zeros(3, np.float64), 2, 2, 2)
+    with pytest.raises(ValueError, match="bias"):
+        forward(x, np.zeros(4, np.float32), 2, 2, 2)
+    with pytest.raises(ValueError, match="larger than the input"):
+        forward(x[:, :1], b, 2, 2, 2)
+    out, argmax, positive = forward(x, b, 1, 3, 3)
+    with pytest.raises(ValueError, match="argmax holds an offset"):
+        backward(out, np.full_like(argmax, 0xFF), positive, 6, 6, 1, 3, 3)
+    with pytest.raises(ValueError, match="positive must have shape"):
+        backward(out, argmax, positive[..., :0], 6, 6, 1, 3, 3)
+    with pytest.raises(ValueError, match="dout must have shape"):
+        backward(out[:, :1], argmax[:, :1], positive[:, :1], 6, 6, 1, 3, 3)
+
+
+def test_native_maxpool_relu_keeps_the_c_guards():
+    k = _kernels()
+    x = np.zeros((1, 4, 4, 2), np.float32)
+    b = np.zeros(2, np.float32)
+    out = np.zeros((1, 4, 4, 2), np.float32)
+    arg = np.zeros((1, 4, 4, 1), np.uint8)
+    pos = np.zeros((1, 4, 4, 1), np.uint8)
+    with pytest.raises(ValueError, match="invalid geometry"):
+        k.maxpool_relu_forward(x, b, out, arg, pos, 1, 4, 4, 2, 2, 2, 1)
+    out, arg, pos = (a[:, :4, :2] for a in (out, arg, pos))
+    dx = np.full(x.shape, 7.0, np.float32)
+    db = np.zeros(2)
+    with pytest.raises(ValueError, match="argmax holds an offset"):
+        k.maxpool_relu_backward(np.ascontiguousarray(out), np.full((1, 4, 2, 1), 3, np.uint8),
+                                np.ascontiguousarray(pos), dx, db, 1, 4, 4, 2, 1, 2, 2)
+    assert (dx == 7.0).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", ["native", "numpy"])
+def test_maxpool_relu_kernels_overwrite_their_whole_output(impl, dtype):
+    k = _kernels() if impl == "native" else im._NUMPY_KERNELS
+    rng = np.random.default_rng(43)
+    x = rng.standard_normal((2, 7, 6, 11)).astype(dtype)
+    bias = rng.standard_normal(11).astype(dtype)
+    for kh, kw, s in [(2, 2, 2), (2, 1, 3), (1, 2, 4)]:
+        ref = im.numpy_maxpool_relu_forward(x, bias, kh, kw, s)
+        got = tuple(np.full(r.shape, np.nan, dtype) if r.dtype == dtype
+                    else np.full(r.shape, 0xAA, np.uint8) for r in ref)
+        k.maxpool_relu_forward(x, bias, *got, 2, 7, 6, 11, kh, kw, s)
+        for a, b in zip(got, ref):
+            _same_bits(a, b)
+        dx = np.full(x.shape, np.nan, dtype)
+        db = np.full(11, np.nan)
+        k.maxpool_relu_backward(ref[0], ref[1], ref[2], dx, db, 2, 7, 6, 11, kh, kw, s)
+        ref_dx, ref_db = im.numpy_maxpool_relu_backward(ref[0], ref[1], ref[2], 7, 6,
+                                                        kh, kw, s)
+        _same_bits(dx, ref_dx)
+        _same_bits(db, ref_db)
+
+
+def test_env_var_numpy_fallback_covers_fused_pooling():
+    _native()
+    env = dict(os.environ, SPARK_CNN_IM2COL="numpy")
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    code = ("import numpy as np, spark.im2col as m\n"
+            "assert m.maxpool_relu_forward is m.numpy_maxpool_relu_forward\n"
+            "assert m.maxpool_relu_backward is m.numpy_maxpool_relu_backward\n"
+            "print(m.backend())\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[0] == "numpy"

@@ -17,7 +17,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .conv import Conv
+from .conv import Conv, fuse_conv_relu_pool
 from .fc import FullyConnected
 from .loss import l2_penalty, softmax_loss
 from .pool import MaxPool
@@ -74,7 +74,7 @@ def build_layers(arch, input_shape, dtype, rng):
             raise ValueError(f"layer {index + 1} ({kind}): {e}") from None
         layers.append(layer)
         shape = layer.out_shape
-    return layers
+    return fuse_conv_relu_pool(layers)      # conv -> ReLU -> 2x2 pool in one pass
 
 
 class CNN:

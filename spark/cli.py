@@ -71,6 +71,18 @@ TRAIN_DEFAULTS = dict(images=1000, batches=4, lr=1e-3, momentum=0.9, reg=5e-4, s
                       schedule_length=None)
 
 
+# --exchange: where a Spark run keeps what its forward stage leaves for its backward stage.
+EXCHANGES = ("hdfs", "redis", "spark", "none")
+DEFAULT_EXCHANGE = {"spark": "hdfs", "locality": "redis"}     # by script: spark_*.py, locality_*.py
+
+
+def exchange_mode(kind, args):
+    """The exchange of a Spark run: --exchange, else its script's; None for the local trainer."""
+    if kind not in DEFAULT_EXCHANGE:
+        return None
+    return getattr(args, "exchange", None) or DEFAULT_EXCHANGE[kind]
+
+
 def _common(parser, distributed):
     parser.add_argument("--data-dir", dest="data_dir", metavar="DIR",
                         help="CIFAR-10 python-version folder, .tar.gz or binary folder "
@@ -79,6 +91,11 @@ def _common(parser, distributed):
                         help=f"where parameters are saved (env {env_name('params_dir')}; default params)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     if distributed:
+        parser.add_argument("--exchange", choices=EXCHANGES,
+                            help="where the forward stage's layer matrices wait for the backward "
+                                 "stage: hdfs files, node-local redis, spark's own block manager "
+                                 "(a persisted RDD), or none (forward and backward in one task); "
+                                 "default hdfs for spark_*.py, redis for locality_*.py")
         parser.add_argument("--redis", metavar="HOST:PORT,...",
                             help=f"Redis servers, the local node first (env {env_name('redis')})")
         parser.add_argument("--webhdfs", metavar="URL",

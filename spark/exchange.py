@@ -19,7 +19,7 @@ from .store import DEFAULT_TIMEOUT, HdfsStore, RedisStore, parse_redis_addresses
 class ExchangeConfig:
     """Everything a task needs to reach the run's storage."""
 
-    kind: str            # "hdfs" or "redis": where the matrices go
+    kind: str            # "hdfs" or "redis": where the matrices go ("spark", "none": nowhere)
     run_id: str
     webhdfs: str
     hdfs_user: str

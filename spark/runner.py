@@ -15,7 +15,7 @@ import numpy as np
 
 from .checkpoint import CheckpointError, remove_stale_temporaries
 from .cifar10 import TooFewImagesError, load_cifar10
-from .cli import TRAIN_DEFAULTS, UsageError
+from .cli import TRAIN_DEFAULTS, UsageError, exchange_mode
 from .im2col import backend as im2col_backend
 from .metrics import MetricsError, MetricsLog, rss_mb
 from .progress import NoProgress, Progress
@@ -51,9 +51,10 @@ def open_network(kind, settings, args, checkpoint=None, **options):
         yield net
 
 
-def check_settings(kind, settings):
-    """Settings that are wrong whatever else happens: refused before Spark starts."""
-    if kind == "locality":
+def check_settings(exchange, settings):
+    """Settings that are wrong whatever else happens: refused before Spark starts.
+    exchange: the run's --exchange (None for the local trainer)."""
+    if exchange == "redis":
         from .store import parse_redis_addresses
         try:
             parse_redis_addresses(settings.redis)
@@ -193,7 +194,7 @@ def train(kind, args, out=sys.stdout, err=sys.stderr):
     parameters folder. A run that fails leaves the last saved checkpoint whole.
     """
     settings = Settings.from_flags(args)
-    check_settings(kind, settings)
+    check_settings(exchange_mode(kind, args), settings)
     path = checkpoint_path(settings, kind)
     saved = load_saved(path, "--resume") if args.resume else None
     run = resolve_run(args, saved, path, err)
@@ -301,11 +302,13 @@ def _iteration(net, data, run, total, path, started):
 
 def _print_iteration(record, out):
     exchange = ""
-    if "store_bytes" in record:
+    if "store_write_s" in record:
         exchange = (f" stored {record['store_bytes'] / 2**20:.1f} MB "
                     f"(write {record['store_write_s']:.2f}s read {record['store_read_s']:.2f}s)")
-        if record.get("recomputed_batches"):
-            exchange += f", {record['recomputed_batches']} lost batches recomputed"
+    elif record.get("store_bytes"):
+        exchange = f" kept {record['store_bytes'] / 2**20:.1f} MB in Spark"
+    if record.get("recomputed_batches"):
+        exchange += f", {record['recomputed_batches']} lost batches recomputed"
     print(f"iteration {record['iteration']}: forward {record['forward_s']:.2f}s "
           f"backward {record['backward_s']:.2f}s loss {record['loss']:.4f} "
           f"({record['images_per_s']:.0f} images/s){exchange}", file=out, flush=True)
@@ -317,7 +320,7 @@ def _print_iteration(record, out):
 def evaluate(kind, split, args, out=sys.stdout):
     """Print the accuracy of the saved parameters on the first args.images images of a split."""
     settings = Settings.from_flags(args)
-    check_settings(kind, settings)
+    check_settings(exchange_mode(kind, args), settings)
     check_batches(args, args.images)
     path = checkpoint_path(settings, kind)
     data = load_images(settings, split, args.images)

@@ -54,7 +54,7 @@ def split_batches(n, batches):
 class SparkCNN(CNN):
     """CNN whose forward and backward passes run as Spark tasks, one per batch."""
 
-    store_kind = "hdfs"
+    store_kind = "hdfs"      # the --exchange mode; spark/memory_cnn.py has those that store nothing
 
     def __init__(self, sc, settings, batches, run_id=None, **options):
         super().__init__(**options)
@@ -62,11 +62,15 @@ class SparkCNN(CNN):
             raise ValueError("the number of batches must be at least 1")
         self.sc, self.batches = sc, int(batches)
         self.run_id = run_id or new_run_id()
-        self.exchange = exchange_config(self.store_kind, self.run_id, settings)
+        self.exchange = self.exchange_settings(settings)
         self._images = None              # (the array broadcast, its broadcast)
         self._heartbeat = None
         self._driver_host = sc.getConf().get("spark.driver.host", "")
         self.im2col_backends = set()
+
+    def exchange_settings(self, settings):
+        """What the tasks need to reach the run's matrix store (an ExchangeConfig)."""
+        return exchange_config(self.store_kind, self.run_id, settings)
 
     def job(self):
         network = dict(arch=self.arch, input_shape=list(self.input_shape),
@@ -171,6 +175,7 @@ class SparkCNN(CNN):
             "recomputed_batches": back["recomputed_batches"],
             "store_read_bytes_remote": back["store_read_bytes_remote"],
             "im2col": sorted(self.im2col_backends),
+            "exchange": self.store_kind,
         }
         return loss, backward.grads, timings
 

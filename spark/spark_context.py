@@ -55,21 +55,31 @@ def spark_context(app_name, debug=False):
         sc.stop()
 
 
-def network_class(kind):
-    if kind == "spark":
+def network_class(exchange):
+    """The Spark network class of an --exchange mode."""
+    if exchange == "hdfs":
         from .spark_cnn import SparkCNN
         return SparkCNN
-    if kind == "locality":
+    if exchange == "redis":
         from .locality_cnn import LocalityCNN
         return LocalityCNN
-    raise ValueError(f"unknown trainer {kind!r}")
+    if exchange == "spark":
+        from .memory_cnn import CachedCNN
+        return CachedCNN
+    if exchange == "none":
+        from .memory_cnn import FusedCNN
+        return FusedCNN
+    raise ValueError(f"unknown exchange {exchange!r} (use hdfs, redis, spark or none)")
 
 
 @contextlib.contextmanager
 def spark_network(kind, settings, args, checkpoint=None, **options):
-    """A SparkCNN or LocalityCNN on a fresh SparkContext; its intermediates are
-    deleted and Spark stopped on the way out, also after a failure."""
-    cls = network_class(kind)
+    """The network of the run's --exchange (SparkCNN, LocalityCNN, CachedCNN or
+    FusedCNN) on a fresh SparkContext; its intermediates are deleted and Spark
+    stopped on the way out, also after a failure. `kind` (the script) names
+    the checkpoint and the application."""
+    from .cli import exchange_mode
+    cls = network_class(exchange_mode(kind, args))
     with spark_context(f"spark-cnn {kind}", getattr(args, "debug", False)) as sc:
         extra = dict(sc=sc, settings=settings, batches=args.batches)
         net = cls.load(checkpoint, **extra, **options) if checkpoint else cls(**extra, **options)

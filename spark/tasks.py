@@ -12,6 +12,12 @@ to one backward task, placed on that node. A backward task whose matrices are
 gone (a node lost, Redis flushed or restarted, HDFS files deleted) recomputes
 its batch's forward pass from the broadcast weights and images, which gives
 the same numbers, and counts it in `recomputed_batches`.
+
+Without a store: the `spark` exchange keeps each batch's forward pass as a
+`KeptBatch`, the element of a persisted RDD (`kept_forward_task`); the driver
+collects only `kept_scores` of it, and `kept_backward_task` maps over the same
+RDD. The `none` exchange runs forward, loss and backward in one task
+(`fused_task`) and returns a `LossResult`.
 """
 import functools
 import json
@@ -26,6 +32,7 @@ import numpy as np
 from . import im2col
 from .cnn import CNN, chunk_slices
 from .exchange import ExchangeConfig, address_is_local, open_matrix_store
+from .loss import softmax_loss
 from .preprocess import batch_input
 from .recipe import slice_augmentation
 from .store import StoreAuthError, StoreError
@@ -145,6 +152,25 @@ def _batch_selection(state, offset, count):
     return state["index"][rows], slice_augmentation(state.get("augment"), rows)
 
 
+def _backward_chunks(net, images, index, augment, dscores, caches, inputs):
+    """Backward over a batch chunk by chunk -> gradients summed over its images.
+
+    dscores: (n, K); caches: one dict per layer, arrays (n, ...), as
+    _forward_chunks left them; inputs: the (layer, name) entries that held the
+    network input, rebuilt here from the images.
+    """
+    grads = {name: np.zeros_like(p) for name, p in net.params().items()}
+    for rows in chunk_slices(len(dscores), net.chunk):
+        chunk_caches = [{name: a[rows] for name, a in cache.items()} for cache in caches]
+        if inputs:
+            x = batch_input(images, index, rows, augment, net.dtype)    # (n_chunk, H, W, C)
+            for layer, name in inputs:
+                chunk_caches[layer][name] = x
+        for name, g in net.backward(dscores[rows], chunk_caches).items():
+            grads[name] += g
+    return grads
+
+
 def predict_task(job, images_bc, state_bc, item):
     """item: (batch, offset, count) -> PredictResult. Nothing is stored."""
     batch, offset, count = item
@@ -234,15 +260,7 @@ def backward_task(job, images_bc, state_bc, dscores_bc, record_json):
         recomputed, local, nbytes = 1, None, 0
     loaded = time.perf_counter()
     dscores = dscores_bc.value[offset:offset + count]
-    grads = {name: np.zeros_like(p) for name, p in net.params().items()}
-    for rows in chunk_slices(count, net.chunk):
-        chunk_caches = [{name: a[rows] for name, a in cache.items()} for cache in caches]
-        if inputs:
-            x = batch_input(images_bc.value, index, rows, augment, net.dtype)
-            for layer, name in inputs:
-                chunk_caches[layer][name] = x
-        for name, g in net.backward(dscores[rows], chunk_caches).items():
-            grads[name] += g
+    grads = _backward_chunks(net, images_bc.value, index, augment, dscores, caches, inputs)
     stats = {"store_read_s": loaded - started, "task_backward_s": time.perf_counter() - loaded,
              "im2col": [im2col.backend()], "recomputed_batches": recomputed,
              "backward_reads_local": int(local is True), "backward_reads_remote": int(local is False),
@@ -264,3 +282,123 @@ def add_results(a, b):
     """Reduce step over BackwardResults: sum gradients and stats."""
     return BackwardResult({name: a.grads[name] + b.grads[name] for name in a.grads},
                           add_stats(a.stats, b.stats))
+
+
+# ----- exchanges without a store: `spark` (Spark's block manager) and `none` -----
+
+@dataclass
+class KeptBatch:
+    """One batch's forward pass, kept by Spark as the element of a persisted RDD."""
+
+    batch: int
+    offset: int              # rows offset..offset+count of the iteration's index
+    count: int
+    scores: np.ndarray       # (count, K)
+    caches: list             # one dict per layer, arrays (count, ...); the network input left out
+    inputs: list             # (layer, cache name) entries that held the network input
+    stage: int               # the Spark stage that computed it; a later one means recomputed
+    stats: dict
+
+
+@dataclass
+class BatchScores:
+    """What the driver collects of a KeptBatch: its scores, not its caches."""
+
+    batch: int
+    scores: np.ndarray       # (count, K)
+    stats: dict
+
+
+@dataclass
+class LossResult:
+    """Loss and gradients of some batches, both already divided by the minibatch size."""
+
+    loss: float
+    grads: dict              # parameter name -> summed gradient
+    stats: dict
+
+
+def _stage_id():
+    """The Spark stage running this code (-1 outside a Spark task)."""
+    from pyspark import TaskContext
+    context = TaskContext.get()
+    return context.stageId() if context is not None else -1
+
+
+def _cache_bytes(caches):
+    return sum(a.nbytes for cache in caches for a in cache.values())
+
+
+def kept_forward_task(job, images_bc, state_bc, item):
+    """item: (batch, offset, count) -> KeptBatch. Nothing leaves the executor:
+    Spark persists the result, and recomputes it from this same function when
+    a block is lost."""
+    batch, offset, count = item
+    started = time.perf_counter()
+    state = state_bc.value
+    net = _network(job.network, state["params"])
+    index, augment = _batch_selection(state, offset, count)
+    scores, caches, inputs = _forward_chunks(net, images_bc.value, index, augment)
+    stats = {"task_forward_s": time.perf_counter() - started, "store_bytes": _cache_bytes(caches),
+             "im2col": [im2col.backend()]}
+    return KeptBatch(batch, offset, count, scores, caches, [list(e) for e in inputs],
+                     _stage_id(), stats)
+
+
+def kept_scores(kept):
+    """KeptBatch -> BatchScores: the projection the driver collects."""
+    return BatchScores(kept.batch, kept.scores, kept.stats)
+
+
+def kept_backward_task(job, images_bc, state_bc, dscores_bc, kept):
+    """Backward pass of a KeptBatch -> BackwardResult."""
+    started = time.perf_counter()
+    state = state_bc.value
+    net = _network(job.network, state["params"])
+    index, augment = _batch_selection(state, kept.offset, kept.count)
+    dscores = dscores_bc.value[kept.offset:kept.offset + kept.count]
+    grads = _backward_chunks(net, images_bc.value, index, augment, dscores, kept.caches,
+                             kept.inputs)
+    stats = {"task_backward_s": time.perf_counter() - started, "im2col": [im2col.backend()],
+             "recomputed_batches": int(kept.stage == _stage_id()),   # made in this very stage
+             "backward_hosts": list(node_names(job.driver_host)[:1])}
+    return BackwardResult(grads, stats)
+
+
+def fused_task(job, images_bc, state_bc, item):
+    """Forward, softmax loss and backward of one batch, chunk by chunk -> LossResult.
+
+    item: (batch, offset, count). The state broadcast holds, besides "params",
+    "index" and "augment", the iteration's "labels" (N,) and the label
+    "smoothing"; the loss is normalised by the minibatch size N, as the local
+    trainer does, so the tasks' results add up to the minibatch's.
+    """
+    batch, offset, count = item
+    state = state_bc.value
+    net = _network(job.network, state["params"])
+    index, augment = _batch_selection(state, offset, count)
+    labels = state["labels"][offset:offset + count]
+    normalizer = len(state["index"])
+    grads = {name: np.zeros_like(p) for name, p in net.params().items()}
+    loss, forward_s, backward_s = 0.0, 0.0, 0.0
+    for rows in chunk_slices(count, net.chunk):
+        t0 = time.perf_counter()
+        x = batch_input(images_bc.value, index, rows, augment, net.dtype)  # (n_chunk, H, W, C)
+        scores, caches = net.forward(x)
+        chunk_loss, dscores = softmax_loss(scores, labels[rows], normalizer=normalizer,
+                                           smoothing=state["smoothing"])
+        t1 = time.perf_counter()
+        for name, g in net.backward(dscores, caches).items():
+            grads[name] += g
+        loss += chunk_loss
+        forward_s += t1 - t0
+        backward_s += time.perf_counter() - t1
+    stats = {"task_forward_s": forward_s, "task_backward_s": backward_s,
+             "im2col": [im2col.backend()], "backward_hosts": list(node_names(job.driver_host)[:1])}
+    return LossResult(loss, grads, stats)
+
+
+def add_loss_results(a, b):
+    """Reduce step over LossResults: sum losses, gradients and stats."""
+    return LossResult(a.loss + b.loss, {name: a.grads[name] + b.grads[name] for name in a.grads},
+                      add_stats(a.stats, b.stats))

@@ -30,6 +30,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("naive_train.py", ["10", "2", "--min", "5"]),      # abbreviations are not flags
     ("naive_train.py", ["10", "2", "--res"]),
     ("naive_test.py", ["10", "--data", "x"]),
+    ("spark_train.py", ["10", "2", "2", "--exchange", "memory"]),
+    ("locality_test.py", ["10", "--exchange", "disk"]),
+    ("naive_train.py", ["10", "2", "--exchange", "none"]),   # the local trainer has no exchange
 ])
 def test_bad_command_lines_get_usage_and_exit_2(script, args):
     result = run_script(script, *args)
@@ -52,6 +55,7 @@ def no_spark_env(tmp_path):
     ("locality_train.py", ["40", "1", "2", "--redis", "127.0.0.1:6390,nohost"]),
     ("locality_train.py", ["40", "1", "2", "--redis", "127.0.0.1:99999"]),
     ("locality_test.py", ["40", "1", "2", "--redis", ","]),
+    ("spark_train.py", ["40", "1", "2", "--exchange", "redis", "--redis", ","]),
     ("spark_train.py", ["40", "1", "2", "--resume"]),     # nothing to resume
 ])
 def test_spark_usage_errors_exit_2_before_spark_starts(script, args, synthetic_dir, tmp_path):
@@ -161,3 +165,20 @@ def test_evaluating_without_saved_parameters_says_so(synthetic_dir, tmp_path):
                         "--params-dir", tmp_path / "empty")
     assert result.returncode == 1
     assert "no saved parameters" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_exchange_defaults_by_script_and_picks_the_network_class():
+    from spark.cli import exchange_mode, test_parser, train_parser
+    from spark.spark_context import network_class
+
+    train = train_parser("spark_train.py", distributed=True)
+    test = test_parser("locality_test.py", distributed=True, split="test")
+    assert exchange_mode("spark", train.parse_args([])) == "hdfs"
+    assert exchange_mode("locality", test.parse_args([])) == "redis"
+    assert exchange_mode("locality", train.parse_args(["--exchange", "none"])) == "none"
+    assert exchange_mode("spark", test.parse_args(["--exchange", "spark"])) == "spark"
+    assert exchange_mode("naive", train.parse_args(["--exchange", "redis"])) is None
+    assert {mode: network_class(mode).__name__ for mode in ("hdfs", "redis", "spark", "none")} == {
+        "hdfs": "SparkCNN", "redis": "LocalityCNN", "spark": "CachedCNN", "none": "FusedCNN"}
+    assert [network_class(mode).store_kind for mode in ("hdfs", "redis", "spark", "none")] == [
+        "hdfs", "redis", "spark", "none"]

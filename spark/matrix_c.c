@@ -539,12 +539,13 @@ int spark_maxpool_relu_backward_##SUFFIX(const T *dout,                       \
                     unsigned char arg[SPARK_FUSED_BLOCK];                     \
                     unsigned char pos[SPARK_FUSED_BLOCK];                     \
                     T gm[SPARK_FUSED_BLOCK];                                  \
+                    double *SPARK_RESTRICT db = dbias + k0;                   \
                     unpack_codes(argmax + p * ca, positive + p * cp, k0,      \
                                  len, arg, pos);                              \
                     for (size_t k = 0; k < len; ++k) {                        \
                         gm[k] = select_##SUFFIX(pos[k], (T)0 + g[k0 + k],     \
                                                 (T)0);                        \
-                        dbias[k0 + k] += (double)gm[k];                       \
+                        db[k] += (double)gm[k];                               \
                     }                                                         \
                     for (ptrdiff_t i = 0; i < kh; ++i) {                      \
                         for (ptrdiff_t j = 0; j < kw; ++j) {                  \
@@ -559,11 +560,12 @@ int spark_maxpool_relu_backward_##SUFFIX(const T *dout,                       \
                     }                                                         \
                 }                                                             \
                 /* the gap between this window and the next (or the edge) */ \
-                for (ptrdiff_t i = 0; i < kh; ++i) {                          \
-                    const ptrdiff_t end = xo + 1 < ow ? (xo + 1) * stride : w;\
-                    memset(base + (size_t)i * xrow + (size_t)kw * uc, 0,      \
-                           (size_t)(end - xo * stride - kw) * uc * sizeof(T));\
-                }                                                             \
+                const ptrdiff_t end = xo + 1 < ow ? (xo + 1) * stride : w;    \
+                if (end > xo * stride + kw)                                   \
+                    for (ptrdiff_t i = 0; i < kh; ++i)                        \
+                        memset(base + (size_t)i * xrow + (size_t)kw * uc, 0,  \
+                               (size_t)(end - xo * stride - kw) * uc          \
+                                   * sizeof(T));                              \
             }                                                                 \
         }                                                                     \
     }                                                                         \

@@ -5,6 +5,15 @@
         backward + update, median over the iterations after the first.
     python3 bench/bench.py memory [--images 50000]
         peak resident memory of one local training iteration over N images.
+    python3 bench/bench.py predict [--images 10000] [--iterations 3]
+        local prediction (CNN.predict_scores from uint8 images, as naive_test.py
+        does): images/s, median over the iterations.
+    python3 bench/bench.py torch [--images 10000] [--iterations 3]
+        the same network (conv 3x3x64 pad 1, ReLU, 2x2 max pool, fc to 10,
+        float32, momentum SGD) in PyTorch on the same images and the same number
+        of threads, next to the local trainer: training and prediction images/s
+        and their ratios (PyTorch at its best minibatch size). PyTorch is not a
+        dependency: run this with an interpreter that has it.
     python3 bench/bench.py compare [--images 10000] [--iterations 3] [--batches 4] [--master local[2]]
         local vs Spark+HDFS vs Spark+Redis, same N, I, B: iteration time split into
         forward, backward, store I/O and broadcast, and bytes stored per image.
@@ -97,6 +106,126 @@ def memory(args):
     print(f"one local iteration over {args.images} images: {iteration_time(r):.1f}s "
           f"({r['images_per_s']:.0f} images/s), peak RSS {peak_mb:.0f} MB"
           + (" (an earlier child was larger)" if before > peak_mb * 1024 else ""))
+
+
+def load_data(args):
+    """The first args.images training images (uint8 NHWC) and labels."""
+    sys.path.insert(0, ROOT)
+    from spark.cifar10 import load_cifar10
+    data = load_cifar10(args.data_dir or os.path.join(ROOT, "data", "cifar-10-batches-py"),
+                        "train", args.images)
+    return data.images, data.labels
+
+
+def local_predict_rate(images, iterations):
+    """Median images/s of CNN.predict_scores over all images (after a warm-up)."""
+    from spark.cnn import CNN
+    net = CNN()
+    net.predict_scores(images[:1000])
+    rates = []
+    for _ in range(iterations):
+        started = time.perf_counter()
+        net.predict_scores(images)
+        rates.append(len(images) / (time.perf_counter() - started))
+    return statistics.median(rates), net.threads
+
+
+def predict(args):
+    images, _ = load_data(args)
+    rate, threads = local_predict_rate(images, args.iterations)
+    print(f"local prediction, {len(images)} images, {threads} threads: {rate:.0f} images/s "
+          f"(median of {args.iterations})")
+
+
+def torch_network(torch, channels, height, width, classes):
+    """conv 3x3x64 pad 1 -> ReLU -> 2x2 max pool stride 2 -> fc, as spark.cnn.DEFAULT_ARCH."""
+    nn = torch.nn
+    return nn.Sequential(nn.Conv2d(channels, 64, 3, padding=1), nn.ReLU(),
+                         nn.MaxPool2d(2, 2), nn.Flatten(),
+                         nn.Linear(64 * (height // 2) * (width // 2), classes))
+
+
+def torch_rates(torch, x, y, iterations, minibatches, batches):
+    """PyTorch training images/s (one pass over x in minibatches, each with forward,
+    backward and a momentum SGD step) and prediction images/s, keyed by (memory
+    format, minibatch or batch size); medians over the iterations after a warm-up."""
+    n = len(x)
+    training, prediction = {}, {}
+    for fmt_name, fmt in (("NCHW", torch.contiguous_format), ("NHWC", torch.channels_last)):
+        torch.manual_seed(0)
+        model = torch_network(torch, x.shape[1], x.shape[2], x.shape[3], 10)
+        model = model.to(memory_format=fmt)
+        xf = x.contiguous(memory_format=fmt)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9,
+                                    weight_decay=5e-4)
+
+        def train_pass(m, count):
+            for start in range(0, count, m):
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(model(xf[start:start + m]), y[start:start + m])
+                loss.backward()
+                optimizer.step()
+
+        def predict_pass(m):
+            with torch.inference_mode():
+                for start in range(0, n, m):
+                    model(xf[start:start + m])
+
+        def rate(run):
+            times = []
+            for _ in range(iterations):
+                started = time.perf_counter()
+                run()
+                times.append(time.perf_counter() - started)
+            return n / statistics.median(times)
+
+        model.train()
+        for m in minibatches:
+            train_pass(m, min(n, 4 * m))                           # warm-up
+            training[fmt_name, m] = rate(lambda: train_pass(m, n))
+        model.eval()
+        for m in batches:
+            predict_pass(m)
+            prediction[fmt_name, m] = rate(lambda: predict_pass(m))
+    return training, prediction
+
+
+def torch_compare(args):
+    try:
+        import torch
+    except ImportError:
+        sys.exit("bench.py: error: PyTorch is not installed for this interpreter "
+                 f"({sys.executable}); run this with one that has it, e.g. a virtualenv "
+                 "made with --system-site-packages and `pip install torch`")
+    images, labels = load_data(args)
+    records = run_trainer("naive", args.images, args.iterations, args)
+    ours_train = steady(records, "images_per_s")
+    ours_predict, threads = local_predict_rate(images, args.iterations)
+    torch.set_num_threads(threads)
+    from spark.preprocess import normalize_images
+    x = torch.from_numpy(normalize_images(images).transpose(0, 3, 1, 2).copy())  # (N, C, H, W)
+    y = torch.from_numpy(labels.astype("int64"))
+    training, prediction = torch_rates(torch, x, y, args.iterations,
+                                       minibatches=(32, 64, 128, 256),
+                                       batches=(250, 1000))
+    best_m = max(training, key=training.get)
+    best_b = max(prediction, key=prediction.get)
+    print(f"N={args.images}, {threads} threads, float32; PyTorch {torch.__version__}, "
+          f"medians over {args.iterations} passes")
+    print("PyTorch training by layout and minibatch: " + ", ".join(
+        f"{f} {m}: {r:.0f}" for (f, m), r in training.items()) + " images/s")
+    print("PyTorch prediction by layout and batch: " + ", ".join(
+        f"{f} {m}: {r:.0f}" for (f, m), r in prediction.items()) + " images/s")
+    print(f"training   (images/s): local {ours_train:8.0f}   PyTorch {training[best_m]:8.0f} "
+          f"({best_m[0]}, minibatch {best_m[1]})   local/PyTorch "
+          f"{ours_train / training[best_m]:.2f}x")
+    print(f"prediction (images/s): local {ours_predict:8.0f}   PyTorch {prediction[best_b]:8.0f} "
+          f"({best_b[0]}, batch {best_b[1]})   local/PyTorch "
+          f"{ours_predict / prediction[best_b]:.2f}x")
+    print("local training: full batch of N (bench.py throughput); PyTorch: forward, backward "
+          "and an SGD step per minibatch; local prediction from uint8 images, PyTorch's "
+          "from normalized float tensors")
 
 
 def compare(args):
@@ -223,7 +352,8 @@ def cluster(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=("throughput", "memory", "compare", "cluster"))
+    parser.add_argument("what", choices=("throughput", "memory", "predict", "torch", "compare",
+                                         "cluster"))
     parser.add_argument("--images", type=int)
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--batches", type=int, default=4)
@@ -233,8 +363,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.images is None:
         args.images = {"memory": 50000, "cluster": 6000}.get(args.what, 10000)
-    {"throughput": throughput, "memory": memory, "compare": compare,
-     "cluster": cluster}[args.what](args)
+    {"throughput": throughput, "memory": memory, "predict": predict, "torch": torch_compare,
+     "compare": compare, "cluster": cluster}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,13 @@ def normalize_images(images, dtype=np.float32):
     std = np.asarray(CHANNEL_STD[:channels] if channels == 3 else [0.25] * channels, dtype)
     scale = (1.0 / (255.0 * std)).astype(dtype)                    # (C,)
     offset = (mean / std).astype(dtype)                            # (C,)
-    out = images.astype(dtype)
-    out *= scale
-    out -= offset
+    out = images.astype(dtype, order="C")                          # (N, H, W, C)
+    # Scale rows of W*C values by the per-channel factors tiled W times: the
+    # same operations on every element as broadcasting (C,), in long loops.
+    width = out.shape[-2] if out.ndim > 1 else 1
+    rows = out.reshape(-1, width * channels)                       # (N*H, W*C)
+    rows *= np.tile(scale, width)
+    rows -= np.tile(offset, width)
     return out
 
 

@@ -121,3 +121,21 @@ def test_checkpoint_is_not_a_pickle_and_bad_files_are_refused(tmp_path):
         CNN.load(tmp_path / "bad.npz")
     with pytest.raises(CheckpointError, match="no saved parameters"):
         CNN.load(tmp_path / "missing.npz")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_normalize_images_equals_per_channel_broadcast_bit_for_bit(dtype):
+    from spark.preprocess import CHANNEL_MEAN, CHANNEL_STD
+    rng = np.random.default_rng(12)
+    for shape in [(4, 32, 32, 3), (3, 5, 7, 1), (2, 4, 6, 2), (0, 4, 4, 3)]:
+        images = rng.integers(0, 256, shape, dtype=np.uint8)
+        channels = shape[-1]
+        mean = np.asarray(CHANNEL_MEAN if channels == 3 else [0.5] * channels, dtype)
+        std = np.asarray(CHANNEL_STD if channels == 3 else [0.25] * channels, dtype)
+        expected = (images.astype(dtype) * (1.0 / (255.0 * std)).astype(dtype)
+                    - (mean / std).astype(dtype))
+        for view in (images, images[:, ::-1, ::2]):        # also non-contiguous input
+            got = normalize_images(view, dtype)
+            want = expected[:, ::-1, ::2] if view is not images else expected
+            assert got.dtype == dtype and got.flags.c_contiguous
+            assert got.tobytes() == np.ascontiguousarray(want).tobytes()

@@ -165,6 +165,9 @@ def train_parser(prog, distributed):
     parser.add_argument("--resume", action="store_true",
                         help="continue the saved run with its settings (--lr, --momentum, --reg "
                              "given here override them) until it has [num iterations]")
+    parser.add_argument("--save-every", dest="save_every", type=_positive_int, default=1,
+                        metavar="K", help="save the checkpoint every K iterations and at the "
+                                          "end (default 1); --resume goes on from the last save")
     parser.add_argument("--metrics", metavar="FILE",
                         help="append one JSON line of timings and loss per iteration to FILE")
     _common(parser, distributed)

@@ -9,12 +9,13 @@ into the network's float input just before use, so the whole training set is
 held once, as bytes.
 """
 import contextlib
+import functools
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .conv import Conv, fuse_conv_relu_pool
@@ -32,6 +33,12 @@ DEFAULT_ARCH = (
     {"type": "fc", "outputs": 10},
 )
 CIFAR10_SHAPE = (32, 32, 3)
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
+    """The BLAS libraries of this process, found once (finding them takes milliseconds)."""
+    return ThreadpoolController()
 
 
 def default_threads():
@@ -102,6 +109,7 @@ class CNN:
         self.num_classes = self.layers[-1].out_shape[0]
         self.velocity = {name: np.zeros_like(p) for name, p in self.params().items()}
         self.iteration = 0
+        self._pool = None                  # chunk threads, started on first use (_workers)
         # What the run that trains this network was asked for (images, minibatch, ...):
         # saved with the checkpoint so that --resume continues the same run.
         self.run_info = {}
@@ -189,13 +197,19 @@ class CNN:
 
     @contextlib.contextmanager
     def _workers(self):
-        """A `map(fn, items)` running `self.threads` items at once, results in order."""
+        """A `map(fn, items)` running `self.threads` items at once, results in order.
+
+        The threads are started once per network and kept (a minibatch
+        iteration is a few tens of milliseconds: starting threads for each one
+        cost a tenth of it); BLAS is held to one thread per chunk meanwhile.
+        """
         if self.threads <= 1:
             yield map
             return
-        with threadpool_limits(limits=1, user_api="blas"), \
-                ThreadPoolExecutor(self.threads, thread_name_prefix="cnn-chunk") as pool:
-            yield pool.map
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="cnn-chunk")
+        with _blas_controller().limit(limits=1, user_api="blas"):
+            yield self._pool.map
 
     def regularize(self, loss, grads):
         """Add the L2 term to a data loss and its gradients (grads changed in place)."""

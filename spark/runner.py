@@ -248,11 +248,10 @@ def train(kind, args, out=sys.stdout, err=sys.stderr):
             if hasattr(args, "batches"):
                 net.run_info["batches"] = args.batches
             _train_loop(kind, net, data, test, run, total, path, settings, metrics, out,
-                        args.eval_every, wall)
+                        args, wall)
 
 
-def _train_loop(kind, net, data, test, run, total, path, settings, metrics, out, eval_every,
-                wall):
+def _train_loop(kind, net, data, test, run, total, path, settings, metrics, out, args, wall):
     images, minibatch = run["images"], run["minibatch"]
     print(f"training {kind} CNN on {images} images of {settings.data_dir}: "
           f"{total - net.iteration} iterations of {minibatch} images, from iteration "
@@ -263,8 +262,10 @@ def _train_loop(kind, net, data, test, run, total, path, settings, metrics, out,
         warnings.filterwarnings("ignore", category=RuntimeWarning,
                                 message=r"(overflow|invalid value|divide by zero) encountered")
         while net.iteration < total:
-            record = _iteration(net, data, run, total, path, started)
-            if eval_every and (net.iteration % eval_every == 0 or net.iteration == total):
+            save = net.iteration + 1 == total or (net.iteration + 1) % args.save_every == 0
+            record = _iteration(net, data, run, path, started, save)
+            if args.eval_every and (net.iteration % args.eval_every == 0
+                                    or net.iteration == total):
                 record["test_accuracy"] = net.accuracy(test.images, test.labels)
             metrics.write(record)
             _print_iteration(record, out)
@@ -274,9 +275,9 @@ def _train_loop(kind, net, data, test, run, total, path, settings, metrics, out,
     print(f"parameters saved to {path}", file=out)
 
 
-def _iteration(net, data, run, total, path, started):
-    """One iteration of the run's recipe, saved only if its loss and parameters
-    are finite -> its metrics record."""
+def _iteration(net, data, run, path, started, save=True):
+    """One iteration of the run's recipe -> its metrics record. Saved if `save`,
+    and only if its loss and parameters are finite."""
     images, minibatch, i = run["images"], run["minibatch"], net.iteration
     index = batch_indices(i, minibatch, images, run["seed"], run["order"])
     augment = draw_augmentation(run["seed"], i, minibatch,
@@ -289,10 +290,11 @@ def _iteration(net, data, run, total, path, started):
             np.all(np.isfinite(p)) for p in net.params().values()):
         raise RuntimeError(
             f"training diverged at iteration {net.iteration} (loss {record['loss']}): "
-            f"not saved, {path} keeps iteration {net.iteration - 1}; try a smaller --lr")
+            f"not saved, {path} keeps its last save; try a smaller --lr")
     net.run_info["wall_s"] = time.perf_counter() - started
     saving = time.perf_counter()
-    net.save(path)
+    if save:
+        net.save(path)
     record["save_s"] = time.perf_counter() - saving
     record["rss_mb"] = rss_mb()
     record["epoch"] = net.iteration * minibatch / images

@@ -181,7 +181,7 @@ def test_naive_train_follows_the_recipe_and_resumes_it_exactly(synthetic_dir, tm
     assert "iteration 3: test accuracy " in done.stdout
 
     for total in (5, 8):                            # stop at 5 of the 8, then resume to 8
-        flags = (RECIPE + ["--schedule-length", 8] if total == 5 else
+        flags = (RECIPE + ["--schedule-length", 8, "--save-every", 2] if total == 5 else
                  ["--resume", "--eval-every", 3, "--eval-images", 200])
         part = run_script("naive_train.py", 200, total, *flags, "--data-dir", synthetic_dir,
                           "--params-dir", split, "--metrics", tmp_path / "split.jsonl")
@@ -253,3 +253,17 @@ def test_bad_recipe_flags_are_one_line_errors(flags, says, synthetic_dir, tmp_pa
     assert says in result.stderr and "Traceback" not in result.stderr
     assert len([line for line in result.stderr.splitlines() if "error:" in line]) == 1
     assert not (tmp_path / "naive.npz").exists()
+
+
+def test_save_every_saves_less_often(synthetic_dir, tmp_path):
+    """A run that diverges after a few iterations: saved after every iteration by
+    default, but not at all when the next save was still to come."""
+    saved_iterations = {}
+    for every in (1, 100):
+        params = tmp_path / str(every)
+        result = run_script("naive_train.py", 60, 20, "--lr", 1e8, "--save-every", every,
+                            "--data-dir", synthetic_dir, "--params-dir", params)
+        assert result.returncode == 1 and "training diverged" in result.stderr, result.stderr
+        path = params / "naive.npz"
+        saved_iterations[every] = CNN.load(path).iteration if path.exists() else None
+    assert saved_iterations[1] >= 1 and saved_iterations[100] is None

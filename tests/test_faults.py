@@ -17,13 +17,14 @@ import pytest
 from hdfs import InsecureClient
 
 from spark.locality_cnn import LocalityCNN
+from spark.memory_cnn import CachedCNN
 from spark.settings import Settings
 from spark.spark_cnn import SparkCNN
 from spark.spark_context import group_stages
 from sparkjobs import (ROOT, RedisServer, job_env, kill_group, local_spark, start_submit, submit,
                        wait_for)
 
-KINDS = {"spark": SparkCNN, "locality": LocalityCNN}
+KINDS = {"spark": SparkCNN, "locality": LocalityCNN, "spark-exchange": CachedCNN}
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +66,18 @@ def python_workers():
             if is_daemon(p) and p.parent() is not None and is_daemon(p.parent())]
 
 
+def kill_python_workers():
+    """SIGKILL every Python worker running now -> their pids."""
+    killed = []
+    for worker in python_workers():
+        try:
+            worker.kill()
+            killed.append(worker.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return killed
+
+
 def train_with_fault(net, images, labels, iterations, fault_iteration, stage, fault):
     """Train, doing `fault()` from another thread once iteration `fault_iteration`'s
     `stage` has tasks running -> (metrics records, the fault's result)."""
@@ -104,18 +117,7 @@ def test_killed_python_worker_is_retried_and_changes_nothing(stage, sc, redis_ad
     settings = make_settings(",".join(redis_addresses), hdfs_settings)
     expected = reference_params("locality", settings, sc, images, labels, 2)
     net = LocalityCNN(sc=sc, settings=settings, batches=4, seed=3, chunk=32)
-
-    def kill_workers():
-        killed = []
-        for worker in python_workers():
-            try:
-                worker.kill()
-                killed.append(worker.pid)
-            except psutil.NoSuchProcess:
-                pass
-        return killed
-
-    _, killed = train_with_fault(net, images, labels, 2, 2, stage, kill_workers)
+    _, killed = train_with_fault(net, images, labels, 2, 2, stage, kill_python_workers)
     assert killed, "no Python worker was running"
     assert failed_tasks(sc, f"{net.run_id}-2-{stage}") >= 1        # Spark saw the loss and retried
     net.close()
@@ -151,6 +153,54 @@ def test_deleted_hdfs_matrices_are_recomputed(sc, redis_addresses, hdfs_settings
     net.close()
     assert_same_params(net.params(), expected)
     assert client.status(folder, strict=False) is None
+
+
+def test_spark_exchange_survives_a_killed_python_worker_in_the_backward_stage(
+        sc, redis_addresses, hdfs_settings, synthetic_train):
+    """--exchange spark: the backward task whose worker died is retried on the
+    persisted forward partition; the run ends as a fault-free one does."""
+    images, labels = synthetic_train.images[:1200], synthetic_train.labels[:1200]
+    settings = make_settings(",".join(redis_addresses), hdfs_settings)
+    expected = reference_params("spark-exchange", settings, sc, images, labels, 2)
+    net = CachedCNN(sc=sc, settings=settings, batches=4, seed=3, chunk=32)
+    records, killed = train_with_fault(net, images, labels, 2, 2, "backward", kill_python_workers)
+    assert killed, "no Python worker was running"
+    assert failed_tasks(sc, f"{net.run_id}-2-backward") >= 1
+    assert [r["exchange"] for r in records] == ["spark", "spark"]
+    net.close()
+    assert_same_params(net.params(), expected)
+    assert sorted(sc._jsc.getPersistentRDDs().keys()) == []
+
+
+def test_spark_exchange_recomputes_lost_blocks_from_lineage(sc, redis_addresses, hdfs_settings,
+                                                            synthetic_train):
+    """--exchange spark: the persisted forward blocks are dropped from Spark's block
+    managers while the backward stage runs; Spark recomputes the missing
+    partitions from lineage, and the run ends as a fault-free one does. Eight
+    batches on two cores: most backward tasks start after the blocks are gone."""
+    images, labels = synthetic_train.images[:1200], synthetic_train.labels[:1200]
+    settings = make_settings(",".join(redis_addresses), hdfs_settings)
+    reference = CachedCNN(sc=sc, settings=settings, batches=8, seed=3, chunk=32)
+    for _ in range(3):
+        reference.train_iteration(images, labels)
+    reference.close()
+    net = CachedCNN(sc=sc, settings=settings, batches=8, seed=3, chunk=32)
+
+    def drop_blocks():
+        rdds = list(sc._jsc.getPersistentRDDs().keys())
+        for rdd_id in rdds:
+            # Removes the blocks from every block manager; the RDD keeps its storage
+            # level, so the tasks that still need a partition compute it again.
+            sc._jsc.sc().unpersistRDD(rdd_id, True)
+        return rdds
+
+    records, dropped = train_with_fault(net, images, labels, 3, 2, "backward", drop_blocks)
+    assert len(dropped) == 1
+    assert records[1]["recomputed_batches"] > 0
+    assert records[0]["recomputed_batches"] == records[2]["recomputed_batches"] == 0
+    net.close()
+    assert_same_params(net.params(), reference.params())
+    assert sorted(sc._jsc.getPersistentRDDs().keys()) == []
 
 
 # ---------------------------------------------------------------- spark-submit

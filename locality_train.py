@@ -1,4 +1,5 @@
-"""Train the CNN on Spark (layer matrices kept in node-local Redis): spark-submit --py-files <egg> locality_train.py [num images] [num iterations] [num batches]."""
+"""Train the CNN on Spark (layer matrices kept in node-local Redis unless --exchange hdfs|spark|none
+says otherwise): spark-submit --py-files <egg> locality_train.py [num images] [num iterations] [num batches]."""
 import sys
 
 from spark.cli import run, train_parser

@@ -1,4 +1,5 @@
-"""Train the CNN on Spark (layer matrices exchanged through HDFS): spark-submit --py-files <egg> spark_train.py [num images] [num iterations] [num batches]."""
+"""Train the CNN on Spark (layer matrices exchanged through HDFS unless --exchange redis|spark|none
+says otherwise): spark-submit --py-files <egg> spark_train.py [num images] [num iterations] [num batches]."""
 import sys
 
 from spark.cli import run, train_parser

@@ -14,9 +14,9 @@ its batch's forward pass from the broadcast weights and images, which gives
 the same numbers, and counts it in `recomputed_batches`.
 
 Without a store: the `spark` exchange keeps each batch's forward pass as a
-`KeptBatch`, the element of a persisted RDD (`kept_forward_task`); the driver
-collects only `kept_scores` of it, and `kept_backward_task` maps over the same
-RDD. The `none` exchange runs forward, loss and backward in one task
+`KeptBatch`, the element of a persisted RDD (`kept_forward_task`), and sends
+the driver only its `BatchScores` through an accumulator (`ScoresByBatch`);
+`kept_backward_task` maps over the same RDD. The `none` exchange runs forward, loss and backward in one task
 (`fused_task`) and returns a `LossResult`.
 """
 import functools
@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from pyspark.accumulators import AccumulatorParam
 
 from . import im2col
 from .cnn import CNN, chunk_slices
@@ -293,20 +294,31 @@ class KeptBatch:
     batch: int
     offset: int              # rows offset..offset+count of the iteration's index
     count: int
-    scores: np.ndarray       # (count, K)
     caches: list             # one dict per layer, arrays (count, ...); the network input left out
     inputs: list             # (layer, cache name) entries that held the network input
     stage: int               # the Spark stage that computed it; a later one means recomputed
-    stats: dict
 
 
 @dataclass
 class BatchScores:
-    """What the driver collects of a KeptBatch: its scores, not its caches."""
+    """What the driver gets of a batch's forward pass: its scores, not its caches."""
 
     batch: int
     scores: np.ndarray       # (count, K)
     stats: dict
+
+
+class ScoresByBatch(AccumulatorParam):
+    """Accumulator of {batch: BatchScores}. A batch computed twice (a retried
+    task, a partition recomputed from lineage) gives the same entry again, so
+    repeated updates change nothing."""
+
+    def zero(self, value):
+        return {}
+
+    def addInPlace(self, a, b):
+        a.update(b)
+        return a
 
 
 @dataclass
@@ -329,10 +341,10 @@ def _cache_bytes(caches):
     return sum(a.nbytes for cache in caches for a in cache.values())
 
 
-def kept_forward_task(job, images_bc, state_bc, item):
-    """item: (batch, offset, count) -> KeptBatch. Nothing leaves the executor:
-    Spark persists the result, and recomputes it from this same function when
-    a block is lost."""
+def kept_forward_task(job, images_bc, state_bc, scores_acc, item):
+    """item: (batch, offset, count) -> KeptBatch, persisted by Spark (and
+    recomputed by this same function when a block is lost); its BatchScores
+    go to the driver through `scores_acc` (a ScoresByBatch accumulator)."""
     batch, offset, count = item
     started = time.perf_counter()
     state = state_bc.value
@@ -341,13 +353,8 @@ def kept_forward_task(job, images_bc, state_bc, item):
     scores, caches, inputs = _forward_chunks(net, images_bc.value, index, augment)
     stats = {"task_forward_s": time.perf_counter() - started, "store_bytes": _cache_bytes(caches),
              "im2col": [im2col.backend()]}
-    return KeptBatch(batch, offset, count, scores, caches, [list(e) for e in inputs],
-                     _stage_id(), stats)
-
-
-def kept_scores(kept):
-    """KeptBatch -> BatchScores: the projection the driver collects."""
-    return BatchScores(kept.batch, kept.scores, kept.stats)
+    scores_acc.add({batch: BatchScores(batch, scores, stats)})
+    return KeptBatch(batch, offset, count, caches, [list(e) for e in inputs], _stage_id())
 
 
 def kept_backward_task(job, images_bc, state_bc, dscores_bc, kept):

@@ -152,6 +152,7 @@ def test_intermediates_are_deleted_after_a_failed_iteration(exchange, sc, settin
     with pytest.raises(IndexError):
         dist.loss_and_gradients(synthetic_train.images, bad_labels, np.arange(20))
     assert_nothing_left(dist, settings)
+    dist.close()
 
 
 def test_runs_sharing_the_servers_do_not_collide(sc, settings):

@@ -93,15 +93,24 @@ def test_locality_train_follows_the_recipe_like_the_local_trainer(egg, synthetic
     assert [a for _, a in accuracy] == pytest.approx(expected, abs=2 / 150)
 
 
-def assert_nothing_in_the_servers(service_env, root):
-    hdfs = InsecureClient(service_env["SPARK_CNN_WEBHDFS"], user=service_env["SPARK_CNN_HDFS_USER"])
-    assert hdfs.status(root, strict=False) is None
+def project_redis_keys(service_env):
+    """Every spark-cnn key (matrices, heartbeats) on the servers of the services."""
+    keys = set()
     for address in parse_redis_addresses(service_env["SPARK_CNN_REDIS"]):
         client = (redis.Redis(unix_socket_path=address[len("unix://"):])
                   if address.startswith("unix://")
                   else redis.Redis(host=address.rsplit(":", 1)[0], port=int(address.rsplit(":", 1)[1])))
-        assert list(client.scan_iter(match="spark-cnn*", count=1000)) == []
+        keys |= {(address, key) for key in client.scan_iter(match="spark-cnn*", count=1000)}
         client.close()
+    return keys
+
+
+def assert_nothing_in_the_servers(service_env, root, before):
+    """No HDFS folder of the run, and no Redis key that was not there `before`
+    (other runs on the same servers may have keys of their own)."""
+    hdfs = InsecureClient(service_env["SPARK_CNN_WEBHDFS"], user=service_env["SPARK_CNN_HDFS_USER"])
+    assert hdfs.status(root, strict=False) is None
+    assert project_redis_keys(service_env) - before == set()
 
 
 @pytest.mark.parametrize("exchange", ["spark", "none"])
@@ -116,6 +125,7 @@ def test_spark_submit_with_an_exchange_that_stores_nothing(exchange, egg, synthe
     work = tmp_path / "cwd"
     work.mkdir()
     metrics, naive_metrics = tmp_path / "metrics.jsonl", tmp_path / "naive.jsonl"
+    before = project_redis_keys(service_env)
     train = submit(egg, "spark_train.py", [250, 3, 3, "--exchange", exchange, "--metrics", metrics],
                    env, work)
     assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-4000:]
@@ -137,13 +147,13 @@ def test_spark_submit_with_an_exchange_that_stores_nothing(exchange, egg, synthe
     assert naive.returncode == 0, naive.stderr
     expected = [json.loads(line)["loss"] for line in naive_metrics.read_text().splitlines()]
     assert [r["loss"] for r in records] == pytest.approx(expected, rel=1e-5)
-    assert_nothing_in_the_servers(service_env, root)
+    assert_nothing_in_the_servers(service_env, root, before)
 
     for script, n in (("spark_test.py", 120), ("spark_training_test.py", 250)):
         result = submit(egg, script, [n, 3, 4, "--exchange", exchange], env, work)
         assert result.returncode == 0, result.stderr[-4000:]
         assert re.fullmatch(rf"accuracy [01]\.\d+ on {n} images", result.stdout.strip().splitlines()[-1])
-    assert_nothing_in_the_servers(service_env, root)
+    assert_nothing_in_the_servers(service_env, root, before)
 
 
 def test_locality_train_with_exchange_none_needs_no_server(egg, synthetic_dir, service_env,

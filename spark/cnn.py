@@ -92,12 +92,13 @@ class CNN:
 
     def __init__(self, arch=DEFAULT_ARCH, input_shape=CIFAR10_SHAPE, dtype=np.float32,
                  lr=1e-3, momentum=0.9, reg=5e-4, seed=0, chunk=32, threads=None,
-                 label_smoothing=0.0):
+                 label_smoothing=0.0, nesterov=False):
         self.input_shape = tuple(int(s) for s in input_shape)
         self.dtype = np.dtype(dtype)
         self.lr, self.momentum, self.reg = float(lr), float(momentum), float(reg)
         self.seed, self.chunk = int(seed), int(chunk)
         self.label_smoothing = float(label_smoothing)
+        self.nesterov = bool(nesterov)
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label smoothing {label_smoothing} is not in [0, 1)")
         self.threads = int(threads) if threads else default_threads()
@@ -220,16 +221,21 @@ class CNN:
         return loss + l2_penalty([params[name] for name in names], self.reg)
 
     def update(self, grads, lr=None):
-        """One momentum SGD step: v = momentum * v - lr * g; p += v.
+        """One momentum SGD step: v = momentum * v - lr * g; p += v, or with
+        Nesterov momentum p += momentum * v - lr * g (the step looks ahead along v).
 
         lr: this step's rate (a schedule's), else `self.lr`, the run's base rate.
         """
         lr = self.lr if lr is None else lr
         for name, p in self.params().items():
             v = self.velocity[name]
+            g = grads[name].astype(self.dtype, copy=False)
             v *= self.momentum
-            v -= lr * grads[name].astype(self.dtype, copy=False)
-            p += v
+            v -= lr * g
+            if self.nesterov:
+                p += self.momentum * v - lr * g
+            else:
+                p += v
         self.iteration += 1
 
     # ----- training and prediction -----------------------------------------
@@ -278,7 +284,7 @@ class CNN:
     def settings(self):
         return dict(arch=self.arch, input_shape=list(self.input_shape), dtype=self.dtype.name,
                     lr=self.lr, momentum=self.momentum, reg=self.reg, seed=self.seed,
-                    label_smoothing=self.label_smoothing)
+                    label_smoothing=self.label_smoothing, nesterov=self.nesterov)
 
     def save(self, path):
         """Atomically write parameters, velocities, iteration, network shape and
@@ -297,7 +303,8 @@ class CNN:
         """
         arrays, meta = load_checkpoint(path)
         settings = {k: meta[k] for k in ("arch", "input_shape", "dtype", "lr", "momentum",
-                                         "reg", "seed", "label_smoothing") if k in meta}
+                                         "reg", "seed", "label_smoothing", "nesterov")
+                    if k in meta}
         settings.update({k: v for k, v in overrides.items() if v is not None})
         try:
             for key in ("lr", "momentum", "reg", "label_smoothing"):

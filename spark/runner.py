@@ -98,12 +98,12 @@ _WORDS = {"images": "[num images]", "minibatch": "--minibatch", "seed": "--seed"
           "batches": "[num batches]", "label_smoothing": "--label-smoothing",
           "schedule": "--schedule", "warmup": "--warmup", "order": "--order",
           "augment": "--augment", "augment_pad": "--augment-pad", "arch": "--arch",
-          "schedule_length": "--schedule-length"}
+          "schedule_length": "--schedule-length", "nesterov": "--nesterov"}
 # Settings that make another run when changed (refused on --resume), and
 # settings a resumed run may change from here on (with a note).
 _FIXED = ("dtype", "seed", "images", "minibatch", "order", "augment", "augment_pad", "arch")
 _ADJUSTABLE = ("lr", "momentum", "reg", "label_smoothing", "schedule", "warmup",
-               "schedule_length")
+               "schedule_length", "nesterov")
 # What a checkpoint written before a setting existed was trained with.
 _BEFORE_RECIPE = dict(order="cycle", augment=False, augment_pad=2, schedule="constant", warmup=0,
                       schedule_length=None)
@@ -139,6 +139,7 @@ def resolve_run(args, saved, path, err):
     info = saved.run_info
     kept = dict(lr=saved.lr, momentum=saved.momentum, reg=saved.reg, seed=saved.seed,
                 dtype=saved.dtype.name, label_smoothing=saved.label_smoothing,
+                nesterov=saved.nesterov,
                 images=info.get("images"), minibatch=info.get("minibatch"),
                 batches=info.get("batches"), arch=saved.arch)
     kept.update({key: info.get(key, before) for key, before in _BEFORE_RECIPE.items()})
@@ -229,7 +230,7 @@ def train(kind, args, out=sys.stdout, err=sys.stderr):
             print(f"note: removed {leftover}, an unfinished save of a run that was killed",
                   file=err)
         options = dict(lr=run["lr"], momentum=run["momentum"], reg=run["reg"],
-                       label_smoothing=run["label_smoothing"])
+                       label_smoothing=run["label_smoothing"], nesterov=run["nesterov"])
         if saved is None:
             options.update(dtype=run["dtype"], seed=run["seed"])
             if run["arch"] is not None:

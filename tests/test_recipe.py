@@ -267,3 +267,34 @@ def test_save_every_saves_less_often(synthetic_dir, tmp_path):
         path = params / "naive.npz"
         saved_iterations[every] = CNN.load(path).iteration if path.exists() else None
     assert saved_iterations[1] >= 1 and saved_iterations[100] is None
+
+
+def test_nesterov_momentum_steps_along_the_new_velocity():
+    plain, ahead = CNN(seed=1, lr=0.1, momentum=0.9), CNN(seed=1, lr=0.1, momentum=0.9,
+                                                          nesterov=True)
+    start = {k: v.copy() for k, v in ahead.params().items()}
+    rng = np.random.default_rng(0)
+    steps = [{k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in start.items()}
+             for _ in range(2)]
+    velocity = {k: np.zeros_like(v) for k, v in start.items()}
+    expected = {k: v.copy() for k, v in start.items()}
+    for grads in steps:
+        plain.update(grads)
+        ahead.update(grads, lr=0.05)
+        for k in expected:
+            velocity[k] = 0.9 * velocity[k] - 0.05 * grads[k]
+            expected[k] += 0.9 * velocity[k] - 0.05 * grads[k]
+    for k, p in ahead.params().items():
+        np.testing.assert_allclose(p, expected[k], rtol=1e-5, atol=1e-6)
+        assert not np.allclose(p, plain.params()[k])
+
+
+def test_nesterov_is_saved_and_resumed(synthetic_dir, tmp_path):
+    result = run_script("naive_train.py", 60, 2, "--nesterov", "--minibatch", 20,
+                        "--data-dir", synthetic_dir, "--params-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert CNN.load(tmp_path / "naive.npz").nesterov is True
+    again = run_script("naive_train.py", 60, 3, "--resume", "--data-dir", synthetic_dir,
+                       "--params-dir", tmp_path)
+    assert again.returncode == 0 and again.stderr == "", again.stderr
+    assert CNN.load(tmp_path / "naive.npz").nesterov is True

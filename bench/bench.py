@@ -24,6 +24,12 @@
         backward reads on the task's own node, and the bytes that crossed
         between nodes per iteration (counted on the nodes' links to the bridge).
         Then a model of the speed-up on K real machines from these costs.
+    python3 bench/bench.py figures --out DIR [--sizes 1000,2000,5000,10000] [--batch-counts 1,2,4,8]
+            [--batch-images 2000] [--iterations 3] [--modes hdfs,redis,spark,none]
+            [--accuracy METRICS.jsonl[,LABEL] ...] [--egg PATH]
+        the 2016 report's charts re-measured (bench/figures.py): iteration time
+        against N and against B, the per-layer profile, prediction time against
+        N, and test accuracy from given metrics files; PNGs and DIR/README.md.
 
 Every run goes through the real entry scripts with --metrics, in a fresh
 process; data from --data-dir or SPARK_CNN_DATA_DIR.
@@ -48,32 +54,48 @@ def spark_submit():
     return os.path.join(os.path.dirname(pyspark.__file__), "bin", "spark-submit")
 
 
-def egg():
+def egg(path=None):
+    """The egg spark-submit ships: `path` (--egg) if given, else the newest dist/*.egg."""
+    if path:
+        if not os.path.isfile(path):
+            sys.exit(f"bench.py: error: no egg at {path}")
+        return path
     eggs = sorted(glob.glob(os.path.join(ROOT, "dist", "spark_cnn-*.egg")))
     if not eggs:
         sys.exit("bench.py: error: no egg in dist/: run scripts/install.sh first")
     return eggs[-1]
 
 
+def run_script(script, arguments, args, distributed, spark_conf=()):
+    """Run an entry script (e.g. "locality_test.py") in a fresh process: with
+    python3, or with spark-submit on args.master and the egg when `distributed`;
+    `spark_conf` are extra "key=value" Spark settings. -> its CompletedProcess;
+    a failed run ends the bench with the script's error."""
+    path = os.path.join(ROOT, script)
+    arguments = list(map(str, arguments)) + (
+        ["--data-dir", args.data_dir] if args.data_dir else [])
+    if distributed:
+        conf = [word for setting in spark_conf for word in ("--conf", setting)]
+        command = [spark_submit(), "--master", args.master, "--driver-memory", "4g", *conf,
+                   "--py-files", egg(getattr(args, "egg", None)), path] + arguments
+    else:
+        command = [sys.executable, path] + arguments
+    env = dict(os.environ, PYTHONPATH="" if distributed else ROOT,
+               SPARK_LOCAL_IP=os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
+               PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+    result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"bench.py: {script} {' '.join(arguments)} failed:\n{result.stderr[-3000:]}")
+    return result
+
+
 def run_trainer(kind, images, iterations, args, batches=None, extra=()):
     """Run one trainer with --metrics into a temp folder -> list of metric records."""
     with tempfile.TemporaryDirectory() as tmp:
         metrics = os.path.join(tmp, "metrics.jsonl")
-        script = os.path.join(ROOT, f"{kind}_train.py")
-        common = [str(images), str(iterations)] + ([str(batches)] if batches else []) + [
-            "--params-dir", tmp, "--metrics", metrics] + (
-            ["--data-dir", args.data_dir] if args.data_dir else []) + list(extra)
-        if kind == "naive":
-            command = [sys.executable, script] + common
-        else:
-            command = [spark_submit(), "--master", args.master, "--driver-memory", "4g",
-                       "--py-files", egg(), script] + common
-        env = dict(os.environ, PYTHONPATH=ROOT if kind == "naive" else "",
-                   SPARK_LOCAL_IP=os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
-                   PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
-        result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
-        if result.returncode != 0:
-            sys.exit(f"bench.py: {kind} run failed:\n{result.stderr[-3000:]}")
+        arguments = [images, iterations] + ([batches] if batches else []) + [
+            "--params-dir", tmp, "--metrics", metrics] + list(extra)
+        run_script(f"{kind}_train.py", arguments, args, distributed=kind != "naive")
         with open(metrics) as f:
             return [json.loads(line) for line in f]
 
@@ -86,6 +108,11 @@ def steady(records, key):
 
 def iteration_time(r):
     return r["images"] / r["images_per_s"]
+
+
+def steady_iteration_time(records):
+    """Median iteration time, seconds, over the iterations after the first (warm-up)."""
+    return statistics.median(iteration_time(r) for r in records[1:] or records)
 
 
 def throughput(args):
@@ -108,12 +135,12 @@ def memory(args):
           + (" (an earlier child was larger)" if before > peak_mb * 1024 else ""))
 
 
-def load_data(args):
-    """The first args.images training images (uint8 NHWC) and labels."""
+def load_data(args, images=None):
+    """The first `images` (default args.images) training images (uint8 NHWC) and labels."""
     sys.path.insert(0, ROOT)
     from spark.cifar10 import load_cifar10
     data = load_cifar10(args.data_dir or os.path.join(ROOT, "data", "cifar-10-batches-py"),
-                        "train", args.images)
+                        "train", images or args.images)
     return data.images, data.labels
 
 
@@ -233,8 +260,7 @@ def compare(args):
     for kind in ("naive", "spark", "locality"):
         batches = None if kind == "naive" else args.batches
         records = run_trainer(kind, args.images, args.iterations, args, batches)
-        times = [iteration_time(r) for r in records[1:] or records]
-        rows.append((kind, records, statistics.median(times)))
+        rows.append((kind, records, steady_iteration_time(records)))
     base = rows[0][2]
     print(f"N={args.images} I={args.iterations} B={args.batches} master={args.master}; "
           "medians over iterations 2..I, seconds")
@@ -317,7 +343,7 @@ def cluster(args):
             later = records[1:] or records
             reads = sum(r["backward_reads_local"] + r["backward_reads_remote"] for r in later)
             rows.append(dict(
-                nodes=nodes, kind=kind, time=statistics.median(iteration_time(r) for r in later),
+                nodes=nodes, kind=kind, time=steady_iteration_time(records),
                 local=sum(r["backward_reads_local"] for r in later) / max(reads, 1),
                 remote_mb=statistics.median(r["store_read_bytes_remote"] for r in later) / 1e6,
                 crossed_mb=statistics.median(crossed[1:] or crossed) / 1e6 if crossed else 0.0,
@@ -353,14 +379,35 @@ def cluster(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("what", choices=("throughput", "memory", "predict", "torch", "compare",
-                                         "cluster"))
+                                         "cluster", "figures"))
     parser.add_argument("--images", type=int)
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--nodes", default="1,2,3", help="cluster: node counts to measure")
     parser.add_argument("--data-dir", default=os.environ.get("SPARK_CNN_DATA_DIR"))
+    parser.add_argument("--egg", help="the egg spark-submit ships (default: newest dist/*.egg)")
+    figures = parser.add_argument_group("figures")
+    figures.add_argument("--out", metavar="DIR", help="folder for the PNGs and README.md")
+    figures.add_argument("--sizes", default="1000,2000,5000,10000", metavar="N,N,...",
+                         help="image counts of the charts against N")
+    figures.add_argument("--batch-counts", default="1,2,4,8", metavar="B,B,...",
+                         help="batch counts of the chart against B")
+    figures.add_argument("--batch-images", type=int, default=2000, metavar="N",
+                         help="images of the chart against B")
+    figures.add_argument("--modes", default="hdfs,redis,spark,none",
+                         help="Spark --exchange modes to measure ('' for none)")
+    figures.add_argument("--profile-images", type=int, default=256, metavar="N",
+                         help="images of the per-layer profile")
+    figures.add_argument("--accuracy", nargs="+", action="extend", metavar="METRICS.jsonl[,LABEL]",
+                         help="metrics files with test_accuracy for the accuracy chart")
     args = parser.parse_args(argv)
+    if args.what == "figures":
+        if not args.out:
+            parser.error("figures needs --out DIR")
+        from figures import make_figures
+        make_figures(args, sys.argv[1:] if argv is None else argv)
+        return
     if args.images is None:
         args.images = {"memory": 50000, "cluster": 6000}.get(args.what, 10000)
     {"throughput": throughput, "memory": memory, "predict": predict, "torch": torch_compare,

@@ -293,6 +293,75 @@ def plot_time_split(runs):
     return fig
 
 
+def plot_series(panels):
+    """Line charts side by side, one axes per panel -> the figure.
+
+    panels: dicts with "series" {label: (xs, ys)}, "xlabel", "ylabel", "title"
+    and optionally "logx" / "logy" (bool). Points are marked; a line's colour
+    is the same in every panel.
+    """
+    fig = _figure()
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, panel in zip(axes, panels):
+        for index, (label, (xs, ys)) in enumerate(panel["series"].items()):
+            ax.plot(xs, ys, color=f"C{index % 10}", marker="o", markersize=4, linewidth=1.4,
+                    label=label)
+        if panel.get("logx"):
+            ax.set_xscale("log")
+        if panel.get("logy"):
+            ax.set_yscale("log")
+        ax.set_xlabel(panel["xlabel"])
+        ax.set_ylabel(panel["ylabel"])
+        ax.set_title(panel["title"], fontsize="medium")
+        ax.grid(True, alpha=0.3, which="both")
+        ax.legend(fontsize="small")
+    return fig
+
+
+def plot_grouped_bars(panels):
+    """Grouped bar charts side by side, one axes per panel -> the figure.
+
+    panels: dicts with "groups" (x labels), "bars" {label: heights, one per
+    group}, "ylabel", "title"; every bar is annotated with its height.
+    """
+    fig = _figure()
+    axes = fig.subplots(1, len(panels), squeeze=False, sharey=True,
+                        width_ratios=[max(1, len(p["groups"])) for p in panels])[0]
+    for ax, panel in zip(axes, panels):
+        width = 0.8 / len(panel["bars"])
+        for index, (label, heights) in enumerate(panel["bars"].items()):
+            positions = [g + (index - (len(panel["bars"]) - 1) / 2) * width
+                         for g in range(len(panel["groups"]))]
+            bars = ax.bar(positions, heights, width=width, label=label, color=f"C{index}")
+            ax.bar_label(bars, fmt="%.3g", fontsize="x-small")
+        ax.set_xticks(range(len(panel["groups"])), panel["groups"])
+        ax.tick_params(axis="x", labelsize="small")
+        ax.set_ylabel(panel["ylabel"])
+        ax.set_title(panel["title"], fontsize="medium")
+        ax.legend(fontsize="small")
+    return fig
+
+
+def plot_accuracy_by_epoch(runs):
+    """Test accuracy against epoch, one line per run (its lines with
+    `test_accuracy`, each of which must also have `epoch`)."""
+    return _line_plot(runs, lambda run: [r["epoch"] for r in run.records if "test_accuracy" in r],
+                      "test_accuracy", "epoch", "test accuracy", "test accuracy against epoch")
+
+
+def plot_accuracy_by_wall(runs):
+    """Test accuracy against wall time, one line per run."""
+    walls = [wall_times(run.records) for run in runs]
+    divisor, unit = time_unit(max((t[-1] for t in walls if t), default=0.0))
+    return _line_plot(runs, _against_wall("test_accuracy", divisor), "test_accuracy",
+                      f"wall time ({unit})", "test accuracy", "test accuracy against wall time")
+
+
+def save_figure(fig, out_dir, name):
+    """Write `fig` as out_dir/name (PNG) -> the path."""
+    return _save(fig, out_dir, name)
+
+
 def write_report(runs, out_dir):
     """Draws every plot the runs allow into out_dir -> the paths written, in order."""
     _figure_class()  # without matplotlib: one line, before anything is written

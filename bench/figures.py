@@ -281,7 +281,7 @@ class Page:
         markdown, text = table(header, rows)
         print(f"\n{title}")
         print("\n".join(text), flush=True)
-        self.add("", *markdown, "")
+        self.add("", f"{title[0].upper()}{title[1:]}:", "", *markdown, "")
 
     def chart(self, heading, png, alt, sentences):
         self.add("", f"## {heading}", "", f"![{alt}]({png})", "", sentences)
@@ -337,9 +337,11 @@ def figure_iterations_by_batches(args, page, times, modes, save):
     page.chart("2. Iteration time against the number of batches",
                PNGS["batches"], "iteration time against B",
                f"The Spark exchanges at N = {n:,} with B batches (one task per batch in each "
-               f"stage) on `{args.master}`, median of iterations 2..{args.iterations}. With 2 "
-               "cores, B = 1 leaves one idle; more batches add tasks, store keys and files but "
-               "no cores.")
+               f"stage) on `{args.master}`, median of iterations 2..{args.iterations}. B = 1 "
+               "runs one task per stage and leaves the master's other cores idle; batches "
+               "beyond its cores add tasks, store keys and files but no compute. Fastest B: "
+               + ", ".join(f"{k[6:]} B = {counts[v.index(min(v))]} ({min(v):.2f} s)"
+                           for k, v in series.items()) + ".")
     page.table(f"iteration time against B (seconds; N={n}, I={args.iterations})",
                ["B"] + list(series), [[b] + [f"{v[i]:.3f}" for v in series.values()]
                                       for i, b in enumerate(counts)])
@@ -359,12 +361,14 @@ def figure_profile(args, page, save):
     paper_total = sum(f + b for f, b in PAPER_PROFILE.values())
     page.chart("3. Per-layer profile of the local network", PNGS["profile"],
                "forward and backward time per layer",
-               f"Each layer's forward and backward called directly on {len(images):,} real "
+               f"Each layer's forward and backward called directly on {len(images):,} training "
                "images in chunks of 32 (as the local trainer does), one thread, one BLAS "
                "thread: CPU time per image, median of 3 passes. Left: conv, ReLU and pool "
                "each in its own pass, as the 2016 code ran them; right: as this network runs "
                "(one fused conv + ReLU + 2x2 pool pass). The share columns compare the "
-               "layer-by-layer split with the 2016 report's (seconds per iteration, naive).")
+               "layer-by-layer split with the 2016 report's (seconds per iteration, naive). "
+               f"Forward + backward: {total:.0f} us per image in separate passes, "
+               f"{sum(f + b for _, f, b in list(profiles.values())[-1]):.0f} us as run.")
     rows = []
     for title, layers in profiles.items():
         for name, f, b in layers:
@@ -418,6 +422,9 @@ def figure_prediction(args, page, modes, save):
                "and loading the egg in them is in (the fixed part seen at small N); "
                "prediction stores nothing, so every exchange runs the same stage. The 2016 "
                "report: Redis < HDFS < naive."
+               + (f" At N = {spark_sizes[-1]:,}: local {local[sizes.index(spark_sizes[-1])]:.2f} s, "
+                  f"Spark {series[f'Spark, B = {args.batches}'][1][-1]:.2f} s."
+                  if spark_sizes else "")
                if mode else "Local only (no Spark mode was asked for).")
     header = ["N", "local s"] + ([f"Spark s (B={args.batches})"] if mode else [])
     rows = []

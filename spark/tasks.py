@@ -16,8 +16,9 @@ the same numbers, and counts it in `recomputed_batches`.
 Without a store: the `spark` exchange keeps each batch's forward pass as a
 `KeptBatch`, the element of a persisted RDD (`kept_forward_task`), and sends
 the driver only its `BatchScores` through an accumulator (`ScoresByBatch`);
-`kept_backward_task` maps over the same RDD. The `none` exchange runs forward, loss and backward in one task
-(`fused_task`) and returns a `LossResult`.
+`kept_backward_task` maps over the same RDD. The `none` exchange runs
+forward, loss and backward in one task (`fused_task`) and returns a
+`LossResult`.
 """
 import functools
 import json
@@ -296,7 +297,7 @@ class KeptBatch:
     count: int
     caches: list             # one dict per layer, arrays (count, ...); the network input left out
     inputs: list             # (layer, cache name) entries that held the network input
-    stage: int               # the Spark stage that computed it; a later one means recomputed
+    stage: int               # the Spark stage that computed it: the backward one if recomputed
 
 
 @dataclass

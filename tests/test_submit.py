@@ -93,67 +93,64 @@ def test_locality_train_follows_the_recipe_like_the_local_trainer(egg, synthetic
     assert [a for _, a in accuracy] == pytest.approx(expected, abs=2 / 150)
 
 
-def project_redis_keys(service_env):
-    """Every spark-cnn key (matrices, heartbeats) on the servers of the services."""
-    keys = set()
-    for address in parse_redis_addresses(service_env["SPARK_CNN_REDIS"]):
-        client = (redis.Redis(unix_socket_path=address[len("unix://"):])
-                  if address.startswith("unix://")
-                  else redis.Redis(host=address.rsplit(":", 1)[0], port=int(address.rsplit(":", 1)[1])))
-        keys |= {(address, key) for key in client.scan_iter(match="spark-cnn*", count=1000)}
-        client.close()
-    return keys
-
-
-def assert_nothing_in_the_servers(service_env, root, before):
-    """No HDFS folder of the run, and no Redis key that was not there `before`
-    (other runs on the same servers may have keys of their own)."""
-    hdfs = InsecureClient(service_env["SPARK_CNN_WEBHDFS"], user=service_env["SPARK_CNN_HDFS_USER"])
-    assert hdfs.status(root, strict=False) is None
-    assert project_redis_keys(service_env) - before == set()
+def redis_commands(server):
+    """How many times a Redis server has run each command (INFO commandstats), but for
+    the INFO asking it and the HELLO every new connection (this one too) sends."""
+    stats = server.client().info("commandstats")
+    return {name: value["calls"] for name, value in stats.items()
+            if name not in ("cmdstat_info", "cmdstat_hello")}
 
 
 @pytest.mark.parametrize("exchange", ["spark", "none"])
 def test_spark_submit_with_an_exchange_that_stores_nothing(exchange, egg, synthetic_dir,
                                                            service_env, tmp_path):
     """spark_train.py --exchange spark|none from the egg: the local trainer's losses,
-    the mode in every metrics record, nothing in Redis or HDFS (not even a heartbeat),
-    then the test scripts with the same flag."""
-    from sparkjobs import run_script
-    env = job_env(service_env, tmp_path, synthetic_dir)
-    root = env["SPARK_CNN_HDFS_ROOT"]
-    work = tmp_path / "cwd"
-    work.mkdir()
-    metrics, naive_metrics = tmp_path / "metrics.jsonl", tmp_path / "naive.jsonl"
-    before = project_redis_keys(service_env)
-    train = submit(egg, "spark_train.py", [250, 3, 3, "--exchange", exchange, "--metrics", metrics],
-                   env, work)
-    assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-4000:]
-    assert "im2col back end in the Spark tasks: native" in train.stdout
-    records = [json.loads(line) for line in metrics.read_text().splitlines()]
-    assert [r["iteration"] for r in records] == [1, 2, 3]
-    for r in records:
-        assert r["exchange"] == exchange and r["backward_partitions"] == 3
-        assert r["im2col"] == ["native"]
-        assert "store_write_s" not in r and "store_read_s" not in r
-        if exchange == "none":
-            assert r["store_bytes"] == 0
-        else:
-            assert 0 < r["store_bytes"] / 250 < 100_000 and r["recomputed_batches"] == 0
-        for key in ("broadcast_s", "forward_s", "backward_s"):
-            assert r[key] >= 0
-    naive = run_script("naive_train.py", 250, 3, "--metrics", naive_metrics,
-                       "--data-dir", synthetic_dir, "--params-dir", tmp_path / "naive-params")
-    assert naive.returncode == 0, naive.stderr
-    expected = [json.loads(line)["loss"] for line in naive_metrics.read_text().splitlines()]
-    assert [r["loss"] for r in records] == pytest.approx(expected, rel=1e-5)
-    assert_nothing_in_the_servers(service_env, root, before)
+    the mode in every metrics record, then the test scripts with the same flag.
+    Their Redis (a server of this test's own) is never sent a command, not even
+    a heartbeat, and their HDFS folder is never made."""
+    from sparkjobs import RedisServer, run_script
+    server = RedisServer(str(tmp_path / "redis"))
+    try:
+        env = job_env(service_env, tmp_path, synthetic_dir, SPARK_CNN_REDIS=server.address)
+        root = env["SPARK_CNN_HDFS_ROOT"]
+        hdfs = InsecureClient(service_env["SPARK_CNN_WEBHDFS"],
+                              user=service_env["SPARK_CNN_HDFS_USER"])
+        untouched = redis_commands(server)                # RedisServer's own ping
+        work = tmp_path / "cwd"
+        work.mkdir()
+        metrics, naive_metrics = tmp_path / "metrics.jsonl", tmp_path / "naive.jsonl"
+        train = submit(egg, "spark_train.py",
+                       [250, 3, 3, "--exchange", exchange, "--metrics", metrics], env, work)
+        assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-4000:]
+        assert "im2col back end in the Spark tasks: native" in train.stdout
+        records = [json.loads(line) for line in metrics.read_text().splitlines()]
+        assert [r["iteration"] for r in records] == [1, 2, 3]
+        for r in records:
+            assert r["exchange"] == exchange and r["backward_partitions"] == 3
+            assert r["im2col"] == ["native"]
+            assert "store_write_s" not in r and "store_read_s" not in r
+            if exchange == "none":
+                assert r["store_bytes"] == 0
+            else:
+                assert 0 < r["store_bytes"] / 250 < 100_000 and r["recomputed_batches"] == 0
+            for key in ("broadcast_s", "forward_s", "backward_s"):
+                assert r[key] >= 0
+        naive = run_script("naive_train.py", 250, 3, "--metrics", naive_metrics,
+                           "--data-dir", synthetic_dir, "--params-dir", tmp_path / "naive-params")
+        assert naive.returncode == 0, naive.stderr
+        expected = [json.loads(line)["loss"] for line in naive_metrics.read_text().splitlines()]
+        assert [r["loss"] for r in records] == pytest.approx(expected, rel=1e-5)
 
-    for script, n in (("spark_test.py", 120), ("spark_training_test.py", 250)):
-        result = submit(egg, script, [n, 3, 4, "--exchange", exchange], env, work)
-        assert result.returncode == 0, result.stderr[-4000:]
-        assert re.fullmatch(rf"accuracy [01]\.\d+ on {n} images", result.stdout.strip().splitlines()[-1])
-    assert_nothing_in_the_servers(service_env, root, before)
+        for script, n in (("spark_test.py", 120), ("spark_training_test.py", 250)):
+            result = submit(egg, script, [n, 3, 4, "--exchange", exchange], env, work)
+            assert result.returncode == 0, result.stderr[-4000:]
+            last = result.stdout.strip().splitlines()[-1]
+            assert re.fullmatch(rf"accuracy [01]\.\d+ on {n} images", last)
+        assert redis_commands(server) == untouched
+        assert server.keys() == []
+        assert hdfs.status(root, strict=False) is None
+    finally:
+        server.stop()
 
 
 def test_locality_train_with_exchange_none_needs_no_server(egg, synthetic_dir, service_env,

@@ -116,21 +116,9 @@ class CachedCNN(InMemoryCNN):
         if progress is not None:
             progress.update(n)
         stats = functools.reduce(add_stats, [r.stats for r in forward])
-        back = backward.stats
-        self.im2col_backends |= set(stats["im2col"]) | set(back["im2col"])
-        timings = {
-            "forward_s": t2 - t1,
-            "backward_s": t4 - t3,
-            "broadcast_s": (t1 - t0) + (t3 - t2),
-            "store_bytes": stats["store_bytes"],         # the arrays of the persisted caches
-            "task_forward_s": stats["task_forward_s"],
-            "task_backward_s": back["task_backward_s"],
-            "backward_partitions": kept.getNumPartitions(),
-            "backward_hosts": sorted(set(back["backward_hosts"])),
-            "recomputed_batches": back["recomputed_batches"],
-            "im2col": sorted(self.im2col_backends),
-            "exchange": self.store_kind,
-        }
+        # store_bytes: the arrays of the persisted caches
+        timings = self._two_stage_timings((t0, t1, t2, t3, t4), stats, backward.stats,
+                                          kept.getNumPartitions())
         return loss, backward.grads, timings
 
 

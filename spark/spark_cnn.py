@@ -158,26 +158,36 @@ class SparkCNN(CNN):
             progress.update(n)
         stats = functools.reduce(add_stats, [r.stats for r in forward])
         back = backward.stats
-        self.im2col_backends |= set(stats["im2col"]) | set(back["im2col"])
-        timings = {
+        timings = self._two_stage_timings((t0, t1, t2, t3, t4), stats, back,
+                                          placed.getNumPartitions())
+        timings["store_write_s"] = stats["store_write_s"]
+        timings.update({key: back[key] for key in (
+            "store_read_s", "backward_reads_local", "backward_reads_remote",
+            "store_read_bytes_remote")})
+        return loss, backward.grads, timings
+
+    def _two_stage_timings(self, stamps, forward, back, partitions):
+        """The metrics every two-stage iteration reports.
+
+        stamps: (t0, t1, t2, t3, t4) around the broadcasts, the forward stage,
+        the loss and its broadcast, the backward stage; forward / back: the
+        stats of the forward / backward tasks, added up.
+        """
+        t0, t1, t2, t3, t4 = stamps
+        self.im2col_backends |= set(forward["im2col"]) | set(back["im2col"])
+        return {
             "forward_s": t2 - t1,
             "backward_s": t4 - t3,
             "broadcast_s": (t1 - t0) + (t3 - t2),
-            "store_write_s": stats["store_write_s"],
-            "store_read_s": back["store_read_s"],
-            "store_bytes": stats["store_bytes"],
-            "task_forward_s": stats["task_forward_s"],
+            "store_bytes": forward["store_bytes"],
+            "task_forward_s": forward["task_forward_s"],
             "task_backward_s": back["task_backward_s"],
-            "backward_partitions": placed.getNumPartitions(),
-            "backward_reads_local": back["backward_reads_local"],
-            "backward_reads_remote": back["backward_reads_remote"],
+            "backward_partitions": partitions,
             "backward_hosts": sorted(set(back["backward_hosts"])),
             "recomputed_batches": back["recomputed_batches"],
-            "store_read_bytes_remote": back["store_read_bytes_remote"],
             "im2col": sorted(self.im2col_backends),
             "exchange": self.store_kind,
         }
-        return loss, backward.grads, timings
 
     def predict_scores(self, images, progress=None):
         items = split_batches(len(images), self.batches)

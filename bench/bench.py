@@ -15,8 +15,10 @@
         and their ratios (PyTorch at its best minibatch size). PyTorch is not a
         dependency: run this with an interpreter that has it.
     python3 bench/bench.py compare [--images 10000] [--iterations 3] [--batches 4] [--master local[2]]
-        local vs Spark+HDFS vs Spark+Redis, same N, I, B: iteration time split into
-        forward, backward, store I/O and broadcast, and bytes stored per image.
+        the local trainer and the four --exchange modes (hdfs, redis, spark, none),
+        same N, I, B: iteration time split into forward, backward, store I/O and
+        broadcast, bytes stored per image, and each mode's fixed cost (its
+        iteration time at N = 8).
         Needs the egg (scripts/install.sh) and the services (scripts/services.sh start).
     python3 bench/bench.py cluster [--nodes 1,2,3] [--images 6000] [--iterations 4] [--batches 6]
         both Spark trainers on the simulated cluster of scripts/cluster.sh (root),
@@ -255,24 +257,37 @@ def torch_compare(args):
           "from normalized float tensors")
 
 
+# The rows of `compare`: (label, entry script kind, --exchange)
+COMPARED = (("local", "naive", None), ("hdfs", "spark", "hdfs"), ("redis", "locality", "redis"),
+            ("spark", "locality", "spark"), ("none", "locality", "none"))
+FIXED_COST_IMAGES = 8
+
+
 def compare(args):
+    """The local trainer and the four exchanges at N images, then the fixed cost of
+    an iteration of each exchange (its time at N = 8, where the work is nil)."""
     rows = []
-    for kind in ("naive", "spark", "locality"):
-        batches = None if kind == "naive" else args.batches
-        records = run_trainer(kind, args.images, args.iterations, args, batches)
-        rows.append((kind, records, steady_iteration_time(records)))
+    for label, kind, exchange in COMPARED:
+        extra = ["--exchange", exchange] if exchange else []
+        batches = args.batches if exchange else None
+        records = run_trainer(kind, args.images, args.iterations, args, batches, extra)
+        fixed = (steady_iteration_time(run_trainer(kind, FIXED_COST_IMAGES, args.iterations,
+                                                   args, batches, extra))
+                 if exchange else 0.0)
+        rows.append((label, records, steady_iteration_time(records), fixed))
     base = rows[0][2]
     print(f"N={args.images} I={args.iterations} B={args.batches} master={args.master}; "
           "medians over iterations 2..I, seconds")
-    print(f"{'trainer':10s} {'iteration':>9s} {'x local':>7s} {'forward':>8s} {'backward':>8s} "
-          f"{'write':>6s} {'read':>6s} {'bcast':>6s} {'KB/image':>8s} {'loss':>7s}")
-    for kind, records, t in rows:
-        per_image = steady(records, "store_bytes") / args.images / 1000 if kind != "naive" else 0.0
-        print(f"{kind:10s} {t:9.2f} {t / base:7.2f} {steady(records, 'forward_s'):8.2f} "
+    print(f"{'mode':6s} {'iteration':>9s} {'x local':>7s} {'forward':>8s} {'backward':>8s} "
+          f"{'write':>6s} {'read':>6s} {'bcast':>6s} {'KB/image':>8s} {'fixed':>6s} {'loss':>7s}")
+    for label, records, t, fixed in rows:
+        per_image = steady(records, "store_bytes") / args.images / 1000 if label != "local" else 0.0
+        print(f"{label:6s} {t:9.2f} {t / base:7.2f} {steady(records, 'forward_s'):8.2f} "
               f"{steady(records, 'backward_s'):8.2f} {steady(records, 'store_write_s'):6.2f} "
               f"{steady(records, 'store_read_s'):6.2f} {steady(records, 'broadcast_s'):6.2f} "
-              f"{per_image:8.1f} {records[-1]['loss']:7.4f}")
-    print("write/read: summed over the tasks of a stage; KB = 1000 bytes")
+              f"{per_image:8.1f} {fixed:6.2f} {records[-1]['loss']:7.4f}")
+    print("write/read: summed over the tasks of a stage; KB = 1000 bytes (spark: the persisted "
+          f"caches); fixed: the iteration time at N = {FIXED_COST_IMAGES}")
 
 
 def cluster_sh(*args, capture=True):

@@ -3,6 +3,7 @@ the same losses as the local trainer, backward reads on the node that wrote
 the batch, a lost node survived, the Redis password kept out of sight."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import redis
 
+from conftest import cluster_namespace_prefix
 from sparkjobs import ROOT, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -79,6 +81,20 @@ def test_cluster_run_equals_naive_and_reads_locally(kind, cluster, naive_run, sy
     assert sorted(hosts) == node_ips(cluster)          # backward tasks ran on every node
 
 
+def node_redis_pid(k):
+    """The process id of the Redis server in node k's namespace."""
+    pids = subprocess.run(["ip", "netns", "pids", f"{cluster_namespace_prefix()}-node{k}"],
+                          capture_output=True, text=True, check=True).stdout.split()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"redis-server" in f.read():
+                    return int(pid)
+        except OSError:
+            continue
+    raise AssertionError(f"no Redis server in node {k}")
+
+
 def node_redis(cluster, k):
     password = open(cluster.env["SPARK_CNN_REDIS_PASSWORD_FILE"]).read().strip()
     host, port = cluster.env["SPARK_CNN_REDIS"].split(",")[k - 1].rsplit(":", 1)
@@ -111,6 +127,7 @@ def test_a_lost_node_is_survived_with_the_same_result(cluster, synthetic_dir, tm
     log = open(tmp_path / "log", "w")
     proc = subprocess.Popen(command, env={**base, **env}, stdout=log, stderr=subprocess.STDOUT)
     node3, password = node_redis(cluster, 3)
+    node3_redis = node_redis_pid(3)
     try:
         # the password is nowhere in the driver's UI while the run is on
         ui = f"http://{cluster.env['SPARK_CNN_REDIS'].split(',')[0].rsplit(':', 1)[0]}:4040"
@@ -120,6 +137,10 @@ def test_a_lost_node_is_survived_with_the_same_result(cluster, synthetic_dir, tm
         assert password not in environment
         wait_for(lambda: complete_batch_on(node3, 2), 300, "a batch of iteration 3 on node 3",
                  interval=0.02)
+        # Node 3 stops answering at once (its Redis frozen), before the backward
+        # stage can read the batch; then the whole node is killed (which takes
+        # a moment: by then a fast iteration could have finished).
+        os.kill(node3_redis, signal.SIGSTOP)
         cluster.kill_node(3)
         killed = time.monotonic()
         assert proc.wait(timeout=600) == 0, (tmp_path / "log").read_text()[-4000:]

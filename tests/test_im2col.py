@@ -759,14 +759,17 @@ def test_maxpool_relu_is_relu_of_maxpool_with_packed_codes(impl):
         assert not np.unpackbits(positive, axis=-1)[..., c:].any()
 
 
-@pytest.mark.parametrize("impl", ["native", "numpy"])
-def test_maxpool_relu_backward_is_the_unfused_gradient(impl):
+def _fused_kernels(impl):
+    """(forward, backward) of the fused max pool + ReLU: the native pair or the NumPy one."""
     if impl == "native":
         _kernels()
-        forward, backward = im.maxpool_relu_forward, im.maxpool_relu_backward
-    else:
-        forward = im.numpy_maxpool_relu_forward
-        backward = im.numpy_maxpool_relu_backward
+        return im.maxpool_relu_forward, im.maxpool_relu_backward
+    return im.numpy_maxpool_relu_forward, im.numpy_maxpool_relu_backward
+
+
+@pytest.mark.parametrize("impl", ["native", "numpy"])
+def test_maxpool_relu_backward_is_the_unfused_gradient(impl):
+    forward, backward = _fused_kernels(impl)
     rng = np.random.default_rng(29)
     for n, h, w, c, kh, kw, s in FUSED_CASES[:60]:
         x = rng.standard_normal((n, h, w, c))
@@ -803,12 +806,7 @@ def test_maxpool_relu_keeps_nan_and_zeroes_negative_zero():
 
 @pytest.mark.parametrize("impl", ["native", "numpy"])
 def test_maxpool_relu_argument_validation(impl):
-    if impl == "native":
-        _kernels()
-        forward, backward = im.maxpool_relu_forward, im.maxpool_relu_backward
-    else:
-        forward = im.numpy_maxpool_relu_forward
-        backward = im.numpy_maxpool_relu_backward
+    forward, backward = _fused_kernels(impl)
     x = np.zeros((1, 6, 6, 3), np.float32)
     b = np.zeros(3, np.float32)
     with pytest.raises(ValueError, match="more than 4 values"):

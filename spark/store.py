@@ -57,6 +57,7 @@ import posixpath
 import re
 import struct
 import threading
+import time
 from typing import Iterable
 
 import numpy as np
@@ -349,6 +350,10 @@ _REC = struct.Struct("<4sBBHIQ16s")  # magic, version, flags, reserved, nchunks,
 _REC_MAGIC = b"SCNR"
 
 
+# address -> time.monotonic() until which it counts as stalled (it timed out)
+_STALLED_UNTIL: dict[str, float] = {}
+
+
 def _redis_client(address: str, password: str | None = None, timeout: float = DEFAULT_TIMEOUT):
     """The process-wide client for ``address`` with this password and timeout.
 
@@ -481,7 +486,17 @@ class RedisStore(ArrayStore):
         return f"RedisStore({self.addresses!r}, namespace={self.namespace!r})"
 
     def client(self, address: str):
-        """The redis-py client of one of the store's servers (password and timeout applied)."""
+        """The redis-py client of one of the store's servers (password and timeout applied).
+
+        A server that did not answer within the timeout is not waited for again
+        during the next `timeout` seconds: calls to it fail at once (as a
+        redis-py timeout), so that the clean-up after a stalled server costs no
+        further timeouts.
+        """
+        until = _STALLED_UNTIL.get(address)
+        if until is not None and time.monotonic() < until:
+            import redis
+            raise redis.exceptions.TimeoutError(f"Redis at {address} did not answer moments ago")
         return _redis_client(address, self._password, self.timeout)
 
     # -- key names
@@ -500,6 +515,9 @@ class RedisStore(ArrayStore):
                     "check SPARK_CNN_REDIS_PASSWORD / SPARK_CNN_REDIS_PASSWORD_FILE")
             return StoreAuthError(f"Redis at {address}: {auth}; {hint}")
         if _is_timeout(exc):
+            _STALLED_UNTIL.setdefault(address, 0.0)
+            _STALLED_UNTIL[address] = max(_STALLED_UNTIL[address],
+                                          time.monotonic() + self.timeout)
             return StoreTimeoutError(
                 f"Redis at {address} did not answer within {self.timeout:g} s "
                 "(stalled or overloaded?; SPARK_CNN_IO_TIMEOUT sets the limit)")
@@ -516,8 +534,8 @@ class RedisStore(ArrayStore):
         n = len(data)
         cb = self.chunk_bytes
         address = self.local_address
-        client = self.client(address)
         try:
+            client = self.client(address)
             if n <= min(cb, _INLINE_MAX):
                 record = _REC.pack(_REC_MAGIC, 1, 0, 0, 0, cb, bytes(16)) + header + data.tobytes()
                 old = client.set(rkey, record, get=True, ex=self.ttl)

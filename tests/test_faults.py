@@ -384,3 +384,33 @@ def test_an_hdfs_write_the_user_may_not_make_is_one_clear_line(egg, synthetic_di
         assert not (tmp_path / "params" / "spark.npz").exists()
     finally:
         superuser.delete(locked, recursive=True)
+
+
+def test_a_stalled_redis_is_not_waited_for_twice_in_a_row(service_env, tmp_path):
+    """After one timeout, calls to the same server fail at once for the next
+    `timeout` seconds (the clean-up after a stall costs no further timeouts),
+    and wait again after that."""
+    from spark.store import RedisStore, StoreTimeoutError
+    server = RedisServer(str(tmp_path / "redis"))
+    store = RedisStore([server.address], namespace=f"stall-{uuid.uuid4().hex[:8]}", timeout=1.5)
+    store.put("a", np.arange(4))
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        durations = []
+        for _ in range(3):
+            started = time.monotonic()
+            with pytest.raises(StoreTimeoutError, match="did not answer within 1.5 s"):
+                store.get("a")
+            durations.append(time.monotonic() - started)
+        assert durations[0] >= 1.4 and max(durations[1:]) < 0.5, durations
+        assert store.delete_all() == 0                      # skipped at once, with a warning
+        time.sleep(1.6)
+        started = time.monotonic()
+        with pytest.raises(StoreTimeoutError):
+            store.get("a")
+        assert time.monotonic() - started >= 1.4            # waited for again
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    time.sleep(1.6)                                         # past the last timeout's window
+    assert store.get("a").tolist() == [0, 1, 2, 3]          # answering again: read as before
+    server.stop()

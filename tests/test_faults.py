@@ -409,8 +409,9 @@ def test_a_stalled_redis_is_not_waited_for_twice_in_a_row(service_env, tmp_path)
         with pytest.raises(StoreTimeoutError):
             store.get("a")
         assert time.monotonic() - started >= 1.4            # waited for again
+        os.kill(server.proc.pid, signal.SIGCONT)
+        time.sleep(1.6)                                     # past the last timeout's window
+        assert store.get("a").tolist() == [0, 1, 2, 3]      # answering again: read as before
     finally:
         os.kill(server.proc.pid, signal.SIGCONT)
-    time.sleep(1.6)                                         # past the last timeout's window
-    assert store.get("a").tolist() == [0, 1, 2, 3]          # answering again: read as before
-    server.stop()
+        server.stop()

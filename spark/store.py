@@ -515,8 +515,7 @@ class RedisStore(ArrayStore):
                     "check SPARK_CNN_REDIS_PASSWORD / SPARK_CNN_REDIS_PASSWORD_FILE")
             return StoreAuthError(f"Redis at {address}: {auth}; {hint}")
         if _is_timeout(exc):
-            _STALLED_UNTIL.setdefault(address, 0.0)
-            _STALLED_UNTIL[address] = max(_STALLED_UNTIL[address],
+            _STALLED_UNTIL[address] = max(_STALLED_UNTIL.get(address, 0.0),
                                           time.monotonic() + self.timeout)
             return StoreTimeoutError(
                 f"Redis at {address} did not answer within {self.timeout:g} s "

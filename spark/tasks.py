@@ -148,10 +148,13 @@ def _forward_chunks(net, images, index, augment=None):
     return scores, caches, sorted(input_entries)
 
 
-def _batch_selection(state, offset, count):
-    """The images of rows offset..offset+count of the iteration -> (index, augmentation draw)."""
+def _open_batch(job, state_bc, offset, count):
+    """What a task on rows offset..offset+count of the iteration needs -> (the
+    broadcast state, the network with its parameters, index, augmentation draw)."""
+    state = state_bc.value
+    net = _network(job.network, state["params"])
     rows = slice(offset, offset + count)
-    return state["index"][rows], slice_augmentation(state.get("augment"), rows)
+    return state, net, state["index"][rows], slice_augmentation(state.get("augment"), rows)
 
 
 def _backward_chunks(net, images, index, augment, dscores, caches, inputs):
@@ -197,9 +200,7 @@ def forward_task(job, images_bc, state_bc, item):
     """
     batch, offset, count = item
     started = time.perf_counter()
-    state = state_bc.value
-    net = _network(job.network, state["params"])
-    index, augment = _batch_selection(state, offset, count)
+    state, net, index, augment = _open_batch(job, state_bc, offset, count)
     scores, caches, input_entries = _forward_chunks(net, images_bc.value, index, augment)
     computed = time.perf_counter()
     store = open_matrix_store(job.exchange)
@@ -244,10 +245,8 @@ def backward_task(job, images_bc, state_bc, dscores_bc, record_json):
     """
     started = time.perf_counter()
     record = BatchRecord.from_json(record_json)
-    state = state_bc.value
-    net = _network(job.network, state["params"])
     offset, count = record.offset, record.count
-    index, augment = _batch_selection(state, offset, count)
+    state, net, index, augment = _open_batch(job, state_bc, offset, count)
     store = open_matrix_store(job.exchange)
     recomputed = 0
     try:
@@ -348,9 +347,7 @@ def kept_forward_task(job, images_bc, state_bc, scores_acc, item):
     go to the driver through `scores_acc` (a ScoresByBatch accumulator)."""
     batch, offset, count = item
     started = time.perf_counter()
-    state = state_bc.value
-    net = _network(job.network, state["params"])
-    index, augment = _batch_selection(state, offset, count)
+    state, net, index, augment = _open_batch(job, state_bc, offset, count)
     scores, caches, inputs = _forward_chunks(net, images_bc.value, index, augment)
     stats = {"task_forward_s": time.perf_counter() - started, "store_bytes": _cache_bytes(caches),
              "im2col": [im2col.backend()]}
@@ -361,9 +358,7 @@ def kept_forward_task(job, images_bc, state_bc, scores_acc, item):
 def kept_backward_task(job, images_bc, state_bc, dscores_bc, kept):
     """Backward pass of a KeptBatch -> BackwardResult."""
     started = time.perf_counter()
-    state = state_bc.value
-    net = _network(job.network, state["params"])
-    index, augment = _batch_selection(state, kept.offset, kept.count)
+    state, net, index, augment = _open_batch(job, state_bc, kept.offset, kept.count)
     dscores = dscores_bc.value[kept.offset:kept.offset + kept.count]
     grads = _backward_chunks(net, images_bc.value, index, augment, dscores, kept.caches,
                              kept.inputs)
@@ -382,9 +377,7 @@ def fused_task(job, images_bc, state_bc, item):
     trainer does, so the tasks' results add up to the minibatch's.
     """
     batch, offset, count = item
-    state = state_bc.value
-    net = _network(job.network, state["params"])
-    index, augment = _batch_selection(state, offset, count)
+    state, net, index, augment = _open_batch(job, state_bc, offset, count)
     labels = state["labels"][offset:offset + count]
     normalizer = len(state["index"])
     grads = {name: np.zeros_like(p) for name, p in net.params().items()}

@@ -68,7 +68,7 @@ def _positive_float(text):
 TRAIN_DEFAULTS = dict(images=1000, batches=4, lr=1e-3, momentum=0.9, reg=5e-4, seed=0,
                       dtype="float32", label_smoothing=0.0, schedule="constant", warmup=0,
                       order="shuffle", augment=False, augment_pad=2, arch=None,
-                      schedule_length=None, nesterov=False)
+                      schedule_length=None, nesterov=False, exchange_dtype=None)
 
 
 # --exchange: where a Spark run keeps what its forward stage leaves for its backward stage.
@@ -156,6 +156,11 @@ def train_parser(prog, distributed):
                              "(default 0)")
     recipe.add_argument("--nesterov", action="store_true", default=None,
                         help="Nesterov momentum (default: plain momentum)")
+    recipe.add_argument("--exchange-dtype", dest="exchange_dtype", choices=("float32", "float16"),
+                        help="float type of the activations kept between the forward and the "
+                             "backward pass (what the Spark exchanges store; the local trainer "
+                             "rounds the same ones): float16 halves them (default: --dtype, "
+                             "nothing rounded)")
     recipe.add_argument("--order", choices=("shuffle", "cycle"),
                         help="minibatches from a new permutation of the N images every epoch "
                              "(shuffle, default; drawn from --seed) or in stored order (cycle)")

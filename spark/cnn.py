@@ -7,6 +7,11 @@ and `predict_scores`.
 Images arrive as uint8 NHWC (N, H, W, C); `batch_input` turns each chunk
 into the network's float input just before use, so the whole training set is
 held once, as bytes.
+
+`exchange_dtype` is the float type of the caches while they wait between the
+forward and the backward pass (`forward_kept`, `backward`): float16 halves
+what the Spark trainers store, and the local trainer rounds the same arrays
+the same way, so both compute the same numbers.
 """
 import contextlib
 import functools
@@ -92,9 +97,13 @@ class CNN:
 
     def __init__(self, arch=DEFAULT_ARCH, input_shape=CIFAR10_SHAPE, dtype=np.float32,
                  lr=1e-3, momentum=0.9, reg=5e-4, seed=0, chunk=32, threads=None,
-                 label_smoothing=0.0, nesterov=False):
+                 label_smoothing=0.0, nesterov=False, exchange_dtype=None):
         self.input_shape = tuple(int(s) for s in input_shape)
         self.dtype = np.dtype(dtype)
+        # The float type of the caches between forward and backward (None: self.dtype).
+        self.exchange_dtype = np.dtype(self.dtype if exchange_dtype is None else exchange_dtype)
+        if self.exchange_dtype.kind != "f":
+            raise ValueError(f"exchange dtype {self.exchange_dtype} is not a float type")
         self.lr, self.momentum, self.reg = float(lr), float(momentum), float(reg)
         self.seed, self.chunk = int(seed), int(chunk)
         self.label_smoothing = float(label_smoothing)
@@ -144,10 +153,30 @@ class CNN:
             caches.append(cache)
         return x, caches
 
+    def forward_kept(self, x):
+        """forward, with the caches as they wait for the backward pass -> scores, caches.
+
+        Every float array of the caches is rounded to `exchange_dtype`, except
+        the input `x` itself (never stored: rebuilt from the uint8 images);
+        integer arrays (pooling argmax, ReLU bits) are left as they are. The
+        scores come from the unrounded activations: the rounding touches the
+        gradients only. Spark tasks and the local trainer both call this.
+        """
+        scores, caches = self.forward(x)
+        if self.exchange_dtype != self.dtype:
+            caches = [{name: a if a is x or a.dtype.kind != "f" else a.astype(self.exchange_dtype)
+                       for name, a in cache.items()} for cache in caches]
+        return scores, caches
+
     def backward(self, dscores, caches):
-        """dscores: (N, K) -> gradients, name -> array (data term only)."""
+        """dscores: (N, K) -> gradients, name -> array (data term only).
+
+        Float caches kept in another type (`forward_kept`) are computed with in
+        the network's own."""
         grads, dout = {}, dscores
         for layer, cache in zip(reversed(self.layers), reversed(caches)):
+            cache = {name: a.astype(self.dtype, copy=False) if a.dtype.kind == "f" else a
+                     for name, a in cache.items()}
             dout, layer_grads = layer.backward(dout, cache)
             for key, value in layer_grads.items():
                 grads[f"{layer.name}.{key}"] = value
@@ -173,7 +202,7 @@ class CNN:
             t0 = time.perf_counter()
             picked = rows if index is None else index[rows]
             x = batch_input(images, index, rows, augment, self.dtype)  # (n_chunk, H, W, C)
-            scores, caches = self.forward(x)
+            scores, caches = self.forward_kept(x)
             chunk_loss, dscores = softmax_loss(scores, labels[picked], normalizer=n,
                                                smoothing=self.label_smoothing)
             t1 = time.perf_counter()
@@ -255,7 +284,7 @@ class CNN:
         total = time.perf_counter() - started
         n = len(labels) if index is None else len(index)
         return dict(iteration=self.iteration, loss=loss, lr=self.lr if lr is None else lr,
-                    **timings, update_s=update_s,
+                    exchange_dtype=self.exchange_dtype.name, **timings, update_s=update_s,
                     images=n, images_per_s=n / total if total else 0.0)
 
     def predict_scores(self, images, progress=None):
@@ -284,7 +313,8 @@ class CNN:
     def settings(self):
         return dict(arch=self.arch, input_shape=list(self.input_shape), dtype=self.dtype.name,
                     lr=self.lr, momentum=self.momentum, reg=self.reg, seed=self.seed,
-                    label_smoothing=self.label_smoothing, nesterov=self.nesterov)
+                    label_smoothing=self.label_smoothing, nesterov=self.nesterov,
+                    exchange_dtype=self.exchange_dtype.name)
 
     def save(self, path):
         """Atomically write parameters, velocities, iteration, network shape and
@@ -303,7 +333,8 @@ class CNN:
         """
         arrays, meta = load_checkpoint(path)
         settings = {k: meta[k] for k in ("arch", "input_shape", "dtype", "lr", "momentum",
-                                         "reg", "seed", "label_smoothing", "nesterov")
+                                         "reg", "seed", "label_smoothing", "nesterov",
+                                         "exchange_dtype")
                     if k in meta}
         settings.update({k: v for k, v in overrides.items() if v is not None})
         try:

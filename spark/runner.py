@@ -55,7 +55,7 @@ def check_settings(exchange, settings):
     """Settings that are wrong whatever else happens: refused before Spark starts.
     exchange: the run's --exchange (None for the local trainer)."""
     if exchange == "redis":
-        from .store import parse_redis_addresses
+        from .redis_store import parse_redis_addresses
         try:
             parse_redis_addresses(settings.redis)
         except ValueError as e:
@@ -98,12 +98,13 @@ _WORDS = {"images": "[num images]", "minibatch": "--minibatch", "seed": "--seed"
           "batches": "[num batches]", "label_smoothing": "--label-smoothing",
           "schedule": "--schedule", "warmup": "--warmup", "order": "--order",
           "augment": "--augment", "augment_pad": "--augment-pad", "arch": "--arch",
-          "schedule_length": "--schedule-length", "nesterov": "--nesterov"}
+          "schedule_length": "--schedule-length", "nesterov": "--nesterov",
+          "exchange_dtype": "--exchange-dtype"}
 # Settings that make another run when changed (refused on --resume), and
 # settings a resumed run may change from here on (with a note).
 _FIXED = ("dtype", "seed", "images", "minibatch", "order", "augment", "augment_pad", "arch")
 _ADJUSTABLE = ("lr", "momentum", "reg", "label_smoothing", "schedule", "warmup",
-               "schedule_length", "nesterov")
+               "schedule_length", "nesterov", "exchange_dtype")
 # What a checkpoint written before a setting existed was trained with.
 _BEFORE_RECIPE = dict(order="cycle", augment=False, augment_pad=2, schedule="constant", warmup=0,
                       schedule_length=None)
@@ -123,11 +124,11 @@ def _canonical_arch(arch, saved):
 def resolve_run(args, saved, path, err):
     """The settings of this run: flags, else (with --resume) the checkpoint's, else defaults.
 
-    With --resume, the checkpoint's settings win. --lr, --momentum, --reg and the
-    schedule and label smoothing given on the command line override them (a note
-    on `err` says so); a --dtype, --seed, number of images, --minibatch, --order,
-    --augment or --arch that contradicts the checkpoint would make a different
-    run and is a usage error.
+    With --resume, the checkpoint's settings win. --lr, --momentum, --reg, the
+    schedule, label smoothing, --nesterov and --exchange-dtype given on the
+    command line override them (a note on `err` says so); a --dtype, --seed,
+    number of images, --minibatch, --order, --augment or --arch that
+    contradicts the checkpoint would make a different run and is a usage error.
     """
     given = {key: getattr(args, key, None) for key in TRAIN_DEFAULTS}
     given["minibatch"] = getattr(args, "minibatch", None)
@@ -139,7 +140,7 @@ def resolve_run(args, saved, path, err):
     info = saved.run_info
     kept = dict(lr=saved.lr, momentum=saved.momentum, reg=saved.reg, seed=saved.seed,
                 dtype=saved.dtype.name, label_smoothing=saved.label_smoothing,
-                nesterov=saved.nesterov,
+                nesterov=saved.nesterov, exchange_dtype=saved.exchange_dtype.name,
                 images=info.get("images"), minibatch=info.get("minibatch"),
                 batches=info.get("batches"), arch=saved.arch)
     kept.update({key: info.get(key, before) for key, before in _BEFORE_RECIPE.items()})
@@ -230,7 +231,8 @@ def train(kind, args, out=sys.stdout, err=sys.stderr):
             print(f"note: removed {leftover}, an unfinished save of a run that was killed",
                   file=err)
         options = dict(lr=run["lr"], momentum=run["momentum"], reg=run["reg"],
-                       label_smoothing=run["label_smoothing"], nesterov=run["nesterov"])
+                       label_smoothing=run["label_smoothing"], nesterov=run["nesterov"],
+                       exchange_dtype=run["exchange_dtype"])
         if saved is None:
             options.update(dtype=run["dtype"], seed=run["seed"])
             if run["arch"] is not None:

@@ -74,7 +74,8 @@ class SparkCNN(CNN):
 
     def job(self):
         network = dict(arch=self.arch, input_shape=list(self.input_shape),
-                       dtype=self.dtype.name, chunk=self.chunk)
+                       dtype=self.dtype.name, exchange_dtype=self.exchange_dtype.name,
+                       chunk=self.chunk)
         return Job(network=network, exchange=self.exchange, iteration=self.iteration,
                    driver_host=self._driver_host)
 

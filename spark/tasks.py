@@ -46,7 +46,7 @@ _NETWORKS = {}
 class Job:
     """What every task of one stage needs besides its own data."""
 
-    network: dict            # CNN keyword arguments: arch, input_shape, dtype, chunk
+    network: dict            # CNN keyword arguments: arch, input_shape, the dtypes, chunk
     exchange: ExchangeConfig
     iteration: int
     driver_host: str = ""    # spark.driver.host: tasks name their node by the address that reaches it
@@ -133,7 +133,7 @@ def _forward_chunks(net, images, index, augment=None):
     input_entries = set()
     for rows in chunk_slices(n, net.chunk):
         x = batch_input(images, index, rows, augment, net.dtype)   # (n_chunk, H, W, C)
-        chunk_scores, chunk_caches = net.forward(x)
+        chunk_scores, chunk_caches = net.forward_kept(x)           # in net.exchange_dtype
         if caches is None:
             scores = np.empty((n,) + chunk_scores.shape[1:], chunk_scores.dtype)
             input_entries = {(layer, name) for layer, cache in enumerate(chunk_caches)
@@ -385,7 +385,7 @@ def fused_task(job, images_bc, state_bc, item):
     for rows in chunk_slices(count, net.chunk):
         t0 = time.perf_counter()
         x = batch_input(images_bc.value, index, rows, augment, net.dtype)  # (n_chunk, H, W, C)
-        scores, caches = net.forward(x)
+        scores, caches = net.forward_kept(x)       # rounded as the two-stage exchanges store them
         chunk_loss, dscores = softmax_loss(scores, labels[rows], normalizer=normalizer,
                                            smoothing=state["smoothing"])
         t1 = time.perf_counter()

@@ -33,6 +33,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("spark_train.py", ["10", "2", "2", "--exchange", "memory"]),
     ("locality_test.py", ["10", "--exchange", "disk"]),
     ("naive_train.py", ["10", "2", "--exchange", "none"]),   # the local trainer has no exchange
+    ("naive_train.py", ["10", "2", "--exchange-dtype", "float8"]),
+    ("locality_train.py", ["10", "2", "2", "--exchange-dtype", "float64"]),
 ])
 def test_bad_command_lines_get_usage_and_exit_2(script, args):
     result = run_script(script, *args)

@@ -120,6 +120,33 @@ def test_spark_loss_curve_equals_naive_over_five_iterations(exchange, sc, settin
 
 
 @pytest.mark.parametrize("exchange", EXCHANGES)
+def test_float16_exchange_equals_naive_float16(exchange, sc, settings, synthetic_train):
+    """--exchange-dtype float16: every mode stores (or keeps) its activations as float16,
+    under 40 KB per image, and computes what the local trainer does with the same rounding."""
+    images, labels = synthetic_train.images[:200], synthetic_train.labels[:200]
+    local = CNN(seed=7, chunk=16, exchange_dtype="float16")
+    dist = EXCHANGES[exchange](sc=sc, settings=settings, batches=3, seed=7, chunk=16,
+                               exchange_dtype="float16")
+    full = CNN(seed=7, chunk=16)
+    curve_l, curve_d, curve_f = [], [], []
+    for i in range(3):
+        index = np.arange(i * 50, i * 50 + 61) % 200
+        curve_l.append(local.train_iteration(images, labels, index)["loss"])
+        curve_f.append(full.train_iteration(images, labels, index)["loss"])
+        record = dist.train_iteration(images, labels, index)
+        assert record["exchange_dtype"] == "float16"
+        if exchange != "none":
+            assert 0 < record["store_bytes"] / 61 <= 40_000            # bytes per image
+        curve_d.append(record["loss"])
+    np.testing.assert_allclose(curve_d, curve_l, rtol=1e-5)
+    assert curve_l != curve_f                                     # the rounding is there
+    for name, p in local.params().items():
+        assert relative_difference(dist.params()[name], p) <= 1e-4, name
+    assert_nothing_left(dist, settings)
+    dist.close()
+
+
+@pytest.mark.parametrize("exchange", EXCHANGES)
 def test_spark_equals_naive_with_the_training_recipe(exchange, sc, settings, synthetic_train):
     """Shuffled minibatches, crops and flips, label smoothing and a schedule: the
     Spark tasks draw the same images and crops as the local trainer."""

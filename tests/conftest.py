@@ -81,7 +81,7 @@ def redis_addresses(service_env) -> list[str]:
     """Redis addresses (local node first), each checked with a PING."""
     import redis
 
-    from spark.store import parse_redis_addresses
+    from spark.redis_store import parse_redis_addresses
 
     addresses = parse_redis_addresses(service_env["SPARK_CNN_REDIS"])
     for address in addresses:

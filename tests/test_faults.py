@@ -390,7 +390,8 @@ def test_a_stalled_redis_is_not_waited_for_twice_in_a_row(service_env, tmp_path)
     """After one timeout, calls to the same server fail at once for the next
     `timeout` seconds (the clean-up after a stall costs no further timeouts),
     and wait again after that."""
-    from spark.store import RedisStore, StoreTimeoutError
+    from spark.redis_store import RedisStore
+    from spark.store import StoreTimeoutError
     server = RedisServer(str(tmp_path / "redis"))
     store = RedisStore([server.address], namespace=f"stall-{uuid.uuid4().hex[:8]}", timeout=1.5)
     store.put("a", np.arange(4))

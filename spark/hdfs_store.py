@@ -13,15 +13,17 @@ from urllib.parse import quote, urlsplit
 
 import numpy as np
 
-from .store import (DEFAULT_TIMEOUT, START_HINT, ArrayStore, MissingKeyError, StoreError,
-                    StorePermissionError, StoreTimeoutError, StoreUnavailableError, check_key,
-                    check_namespace, reason)
+from .store import (DEFAULT_TIMEOUT, START_HINT, ArrayStore, MissingKeyError, StallMemory,
+                    StoreError, StorePermissionError, StoreTimeoutError, StoreUnavailableError,
+                    check_key, check_namespace, reason)
 from .wire import FIXED_SIZE, MAGIC, MAX_NDIM, data_view, encode, parse_header
 
 __all__ = ["HdfsStore"]
 
 _HDFS_CLIENTS: dict = {}
 _HDFS_LOCK = threading.Lock()
+# WebHDFS servers (the NameNode's or a DataNode's host:port) that timed out moments ago
+_STALLED = StallMemory()
 
 
 def _hdfs_client(url: str, user: str, timeout: float):
@@ -33,9 +35,37 @@ def _hdfs_client(url: str, user: str, timeout: float):
         with _HDFS_LOCK:
             client = _HDFS_CLIENTS.get(key)
             if client is None:
-                client = InsecureClient(url, user=user, timeout=timeout)
+                client = InsecureClient(url, user=user, timeout=timeout,
+                                        session=_stall_aware_session(timeout))
                 _HDFS_CLIENTS[key] = client
     return client
+
+
+def _stall_aware_session(timeout: float):
+    """A requests session for WebHDFS calls that remembers a server (NameNode or
+    DataNode) that did not answer within ``timeout`` and, during the next
+    ``timeout`` seconds, fails requests to it at once with the same kind of
+    error (a requests timeout), so that the clean-up after a stall costs no
+    further timeouts."""
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    class StallAwareAdapter(HTTPAdapter):
+        def send(self, request, **kwargs):
+            server = urlsplit(request.url).netloc
+            if _STALLED.stalled(server):
+                raise requests.exceptions.ReadTimeout(f"{server} did not answer moments ago",
+                                                      request=request)
+            try:
+                return super().send(request, **kwargs)
+            except requests.exceptions.Timeout:
+                _STALLED.remember(server, timeout)
+                raise
+
+    session = requests.Session()
+    for prefix in ("http://", "https://"):
+        session.mount(prefix, StallAwareAdapter())
+    return session
 
 
 class _Body:
@@ -81,6 +111,10 @@ class HdfsStore(ArrayStore):
     ``http://127.0.0.1:19870``), ``user`` the HDFS user name and ``root`` an
     absolute HDFS folder (``SPARK_CNN_HDFS_ROOT``).  Files are written with
     replication 1, overwriting.  ``where`` is ignored by :meth:`get`.
+
+    A server (the NameNode or a DataNode) that did not answer within
+    ``timeout`` is not waited for again during the next ``timeout`` seconds:
+    calls that need it fail at once with the same StoreTimeoutError.
     """
 
     def __init__(self, webhdfs_url: str, user: str, root: str, namespace: str,

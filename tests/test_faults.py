@@ -416,3 +416,38 @@ def test_a_stalled_redis_is_not_waited_for_twice_in_a_row(service_env, tmp_path)
     finally:
         os.kill(server.proc.pid, signal.SIGCONT)
         server.stop()
+
+
+def test_a_stalled_datanode_is_not_waited_for_twice_in_a_row(hdfs_settings):
+    """The same for HDFS: after a WebHDFS call to the stalled DataNode timed
+    out, reads and writes that need it fail at once for the next `timeout`
+    seconds (the NameNode, still answering, is asked as before), and wait
+    again after that."""
+    from spark.hdfs_store import HdfsStore
+    from spark.store import StoreTimeoutError
+    store = HdfsStore(hdfs_settings.webhdfs, hdfs_settings.user, hdfs_settings.root,
+                      namespace=f"stall-{uuid.uuid4().hex[:8]}", timeout=1.5)
+    store.put("a", np.arange(4))
+    datanode = datanode_pid()
+    stalled = r"the HDFS DataNode at 127\.0\.0\.1:\d+ did not answer within 1\.5 s"
+    os.kill(datanode, signal.SIGSTOP)
+    try:
+        durations = []
+        for call in (lambda: store.get("a"), lambda: store.get("a"),
+                     lambda: store.put("b", np.zeros(3))):
+            started = time.monotonic()
+            with pytest.raises(StoreTimeoutError, match=stalled):
+                call()
+            durations.append(time.monotonic() - started)
+        assert durations[0] >= 1.4 and max(durations[1:]) < 0.5, durations
+        time.sleep(1.6)
+        started = time.monotonic()
+        with pytest.raises(StoreTimeoutError, match=stalled):
+            store.get("a")
+        assert time.monotonic() - started >= 1.4            # waited for again
+        os.kill(datanode, signal.SIGCONT)
+        time.sleep(1.6)                                     # past the last timeout's window
+        assert store.get("a").tolist() == [0, 1, 2, 3]      # answering again: read as before
+    finally:
+        os.kill(datanode, signal.SIGCONT)
+        store.delete_all()

@@ -71,35 +71,19 @@ every public function falls back to NumPy.
 
 Back-end selection
 ------------------
-``SPARK_CNN_IM2COL=numpy`` forces the NumPy fallback, ``=native`` makes a
-failure to load the extension an ImportError, anything else (default
-``auto``) tries native and silently falls back, recording the reason.
-
-When the package is imported from a zipped egg (``spark-submit --py-files
-spark_cnn-....egg``) the extension cannot be imported from inside the zip
-(the setuptools egg stub fails on Python 3.11 in Spark's workers).  In that
-case this module reads ``spark/matrix*.so`` out of the archive, writes it once
-to ``$SPARK_CNN_CACHE_DIR`` or ``${XDG_CACHE_HOME:-~/.cache}/spark-cnn/native
-/<sha256>/`` (falling back to ``$TMPDIR/spark-cnn-<uid>/native/<sha256>/``)
-atomically (temp file + rename, so concurrent workers do not race), and loads
-it from there as ``spark.matrix``.
+:mod:`spark.native` loads the extension (also out of a zipped egg), checks
+it against the NumPy kernels and picks the back end;
+``SPARK_CNN_IM2COL=numpy|native|auto`` steers it (see there).
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.machinery
-import importlib.util
-import logging
 import operator
-import os
-import sys
-import tempfile
 import types
-import zipfile
 
 import numpy as np
+
+from . import native
 
 __all__ = [
     "im2col",
@@ -119,14 +103,6 @@ __all__ = [
     "backend_info",
     "output_size",
 ]
-
-_log = logging.getLogger(__name__)
-
-_PKG = __name__.rpartition(".")[0] or "spark"
-_EXT_NAME = _PKG + ".matrix"
-_ENV_BACKEND = "SPARK_CNN_IM2COL"
-_ENV_CACHE = "SPARK_CNN_CACHE_DIR"
-_KERNEL_API = 3  # spark.matrix.KERNEL_API: the kernel signatures used here
 
 
 # --------------------------------------------------------------- validation
@@ -545,245 +521,38 @@ _NUMPY_KERNELS = types.SimpleNamespace(
     maxpool_relu_backward=_numpy_maxpool_relu_backward_kernel,
 )
 
+
+def _api(kernels, prefix=""):
+    """The public functions running `kernels`, by name (names prefixed by `prefix`)."""
+    functions = _front_ends(kernels, prefix) + _fused_front_ends(kernels, prefix)
+    return types.SimpleNamespace(**{f.__name__[len(prefix):]: f for f in functions})
+
+
 # Pure-NumPy reference implementations, always available.
-(numpy_im2col, numpy_col2im, numpy_maxpool_forward,
- numpy_maxpool_backward) = _front_ends(_NUMPY_KERNELS, "numpy_")
-numpy_maxpool_relu_forward, numpy_maxpool_relu_backward = _fused_front_ends(
-    _NUMPY_KERNELS, "numpy_")
+_NUMPY = _api(_NUMPY_KERNELS, "numpy_")
+numpy_im2col, numpy_col2im = _NUMPY.im2col, _NUMPY.col2im
+numpy_maxpool_forward, numpy_maxpool_backward = _NUMPY.maxpool_forward, _NUMPY.maxpool_backward
+numpy_maxpool_relu_forward = _NUMPY.maxpool_relu_forward
+numpy_maxpool_relu_backward = _NUMPY.maxpool_relu_backward
 
-
-# ------------------------------------------------------- native loading
-
-def _zip_location():
-    """(archive path, package prefix inside it) if this package is zipped."""
-    loader = globals().get("__loader__")
-    spec = globals().get("__spec__")
-    if spec is not None and spec.loader is not None:
-        loader = spec.loader
-    archive = getattr(loader, "archive", None)
-    if archive and os.path.isfile(archive) and zipfile.is_zipfile(archive):
-        here = os.path.dirname(os.path.abspath(__file__))
-        root = os.path.abspath(archive)
-        if here.startswith(root + os.sep):
-            inner = os.path.relpath(here, root).replace(os.sep, "/")
-            return archive, inner + "/"
-        prefix = getattr(loader, "prefix", None)
-        if prefix is not None:
-            return archive, prefix
-    # Generic fallback: walk up __file__ until an existing zip file is found.
-    path = os.path.dirname(os.path.abspath(__file__))
-    inner = []
-    while path and not os.path.exists(path):
-        path, tail = os.path.split(path)
-        if not tail:
-            break
-        inner.append(tail)
-    if inner and os.path.isfile(path) and zipfile.is_zipfile(path):
-        return path, "/".join(reversed(inner)) + "/"
-    return None
-
-
-def _suffix_rank(name):
-    for rank, suffix in enumerate(importlib.machinery.EXTENSION_SUFFIXES):
-        if name.endswith(suffix):
-            return rank
-    return None
-
-
-def _cache_roots():
-    roots = []
-    env = os.environ.get(_ENV_CACHE)
-    if env:
-        roots.append(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    if not xdg or not os.path.isabs(xdg):
-        xdg = os.path.join(os.path.expanduser("~"), ".cache")
-    roots.append(os.path.join(xdg, "spark-cnn", "native"))
-    uid = os.getuid() if hasattr(os, "getuid") else "user"
-    roots.append(os.path.join(tempfile.gettempdir(), f"spark-cnn-{uid}",
-                              "native"))
-    return roots
-
-
-def _file_sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _extract(data, basename):
-    """Write `data` to <cache root>/<sha256>/<basename> atomically; return path."""
-    digest = hashlib.sha256(data).hexdigest()
-    errors = []
-    for root in _cache_roots():
-        directory = os.path.join(root, digest)
-        target = os.path.join(directory, basename)
-        tmp = None
-        try:
-            if os.path.isfile(target) and _file_sha256(target) == digest:
-                return target
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".so",
-                                       dir=directory)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o755)
-            os.replace(tmp, target)  # atomic: racing workers write equal bytes
-            tmp = None
-            return target
-        except OSError as exc:
-            errors.append(f"{directory}: {exc}")
-        finally:
-            if tmp is not None:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-    raise OSError("cannot write the native extension to any cache directory: "
-                  + "; ".join(errors))
-
-
-def _load_from_file(path):
-    loader = importlib.machinery.ExtensionFileLoader(_EXT_NAME, path)
-    spec = importlib.util.spec_from_file_location(_EXT_NAME, path,
-                                                  loader=loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    sys.modules[_EXT_NAME] = module
-    parent = sys.modules.get(_PKG)
-    if parent is not None:
-        setattr(parent, "matrix", module)
-    return module
-
-
-def _load_from_zip(archive, prefix):
-    with zipfile.ZipFile(archive) as zf:
-        candidates = []
-        for info in zf.infolist():
-            name = info.filename
-            if not name.startswith(prefix):
-                continue
-            base = name[len(prefix):]
-            if "/" in base or not base.startswith("matrix"):
-                continue
-            rank = _suffix_rank(base)
-            if rank is not None and base[len("matrix"):].startswith("."):
-                candidates.append((rank, name, base))
-        if not candidates:
-            raise ImportError(f"no compiled {prefix}matrix*.so inside {archive}"
-                              f" (suffixes {importlib.machinery.EXTENSION_SUFFIXES})")
-        _, member, base = min(candidates)
-        data = zf.read(member)
-    return _load_from_file(_extract(data, base)), member
-
-
-def _self_test(module):
-    """Run the native kernels through the front ends on small cases and
-    compare with the NumPy kernels; raise ImportError on any difference."""
-    api = getattr(module, "KERNEL_API", None)
-    if api != _KERNEL_API:
-        raise ImportError(f"{_EXT_NAME} has kernel API {api!r}, this module "
-                          f"needs {_KERNEL_API} (stale build: rebuild it)")
-    im2col, col2im, forward, backward = _front_ends(module, "")
-    x = np.arange(2 * 3 * 4 * 2, dtype=np.float64).reshape(2, 3, 4, 2)
-    cols = im2col(x, 2, 3, 1, 1)
-    if not np.array_equal(cols, numpy_im2col(x, 2, 3, 1, 1)):
-        raise ImportError("native im2col disagrees with the NumPy reference")
-    dx = col2im(cols, x.shape, 2, 3, 1, 1)
-    if not np.array_equal(dx, numpy_col2im(cols, x.shape, 2, 3, 1, 1)):
-        raise ImportError("native col2im disagrees with the NumPy reference")
-    # Pooling: overlapping 3x2 windows, stride 1, with ties (small integers).
-    x = (np.arange(2 * 5 * 4 * 3) * 7 % 5).astype(np.float64).reshape(2, 5, 4, 3)
-    out, arg = forward(x, 3, 2, 1)
-    ref_out, ref_arg = numpy_maxpool_forward(x, 3, 2, 1)
-    if not (np.array_equal(out, ref_out) and np.array_equal(arg, ref_arg)):
-        raise ImportError("native maxpool_forward disagrees with the NumPy "
-                          "reference")
-    dout = np.linspace(-1.0, 1.0, out.size).reshape(out.shape)
-    dx = backward(dout, arg, 5, 4, 3, 2, 1)
-    if dx.tobytes() != numpy_maxpool_backward(dout, arg, 5, 4, 3, 2,
-                                              1).tobytes():
-        raise ImportError("native maxpool_backward disagrees with the NumPy "
-                          "reference")
-    # Fused pooling + ReLU: 2x2 windows with gaps (stride 3), 11 channels
-    # (partly filled packed bytes), ties and values of both signs.
-    fused_forward, fused_backward = _fused_front_ends(module, "")
-    x = ((np.arange(2 * 7 * 8 * 11) * 5 % 9) - 4.0).reshape(2, 7, 8, 11)
-    bias = np.linspace(-1.0, 1.0, 11)
-    got = fused_forward(x, bias, 2, 2, 3)
-    ref = numpy_maxpool_relu_forward(x, bias, 2, 2, 3)
-    if not all(a.tobytes() == b.tobytes() for a, b in zip(got, ref)):
-        raise ImportError("native maxpool_relu_forward disagrees with the "
-                          "NumPy reference")
-    dout = np.linspace(-1.0, 1.0, got[0].size).reshape(got[0].shape)
-    got = fused_backward(dout, ref[1], ref[2], 7, 8, 2, 2, 3)
-    ref = numpy_maxpool_relu_backward(dout, ref[1], ref[2], 7, 8, 2, 2, 3)
-    if not all(a.tobytes() == b.tobytes() for a, b in zip(got, ref)):
-        raise ImportError("native maxpool_relu_backward disagrees with the "
-                          "NumPy reference")
-
-
-def _load_native():
-    """Return (module, shared-object path); raise on any failure."""
-    existing = sys.modules.get(_EXT_NAME)
-    if existing is not None and hasattr(existing, "im2col"):
-        module = existing
-    else:
-        where = _zip_location()
-        if where is not None:
-            module, _ = _load_from_zip(*where)
-        else:
-            module = importlib.import_module(_EXT_NAME)
-    _self_test(module)
-    return module, getattr(module, "__file__", None)
-
-
-def _choose():
-    mode = os.environ.get(_ENV_BACKEND, "auto").strip().lower() or "auto"
-    if mode == "numpy":
-        return None, None, f"forced by {_ENV_BACKEND}=numpy"
-    try:
-        module, path = _load_native()
-    except Exception as exc:  # noqa: BLE001 - any failure means fallback
-        reason = f"{type(exc).__name__}: {exc}"
-        if mode == "native":
-            raise ImportError(f"{_ENV_BACKEND}=native but the native "
-                              f"im2col extension is unavailable: {reason}") \
-                from exc
-        _log.warning("spark-cnn: native im2col unavailable, using NumPy "
-                     "fallback (%s)", reason)
-        return None, None, reason
-    return module, path, None
-
-
-_native, _native_path, _error = _choose()
-
-if _native is not None:
-    im2col, col2im, maxpool_forward, maxpool_backward = _front_ends(_native, "")
-    maxpool_relu_forward, maxpool_relu_backward = _fused_front_ends(_native,
-                                                                    "")
-else:
-    im2col, col2im = numpy_im2col, numpy_col2im
-    maxpool_forward, maxpool_backward = (numpy_maxpool_forward,
-                                         numpy_maxpool_backward)
-    maxpool_relu_forward, maxpool_relu_backward = (
-        numpy_maxpool_relu_forward, numpy_maxpool_relu_backward)
+# The back end: the native kernels if spark.native loads them, else NumPy.
+_NATIVE = native.load(_api, _NUMPY)
+_LIVE = _api(_NATIVE.kernels) if _NATIVE.kernels is not None else _NUMPY
+im2col, col2im = _LIVE.im2col, _LIVE.col2im
+maxpool_forward, maxpool_backward = _LIVE.maxpool_forward, _LIVE.maxpool_backward
+maxpool_relu_forward, maxpool_relu_backward = _LIVE.maxpool_relu_forward, _LIVE.maxpool_relu_backward
 
 
 def backend():
     """"native" if the compiled extension is in use, else "numpy"."""
-    return "native" if _native is not None else "numpy"
+    return _NATIVE.backend
 
 
 def backend_error():
     """Why the native back end is not in use, or None if it is."""
-    return _error
+    return _NATIVE.error
 
 
 def backend_info():
     """Dict with keys backend, error, path (loaded shared object or None)."""
-    return {"backend": backend(), "error": _error, "path": _native_path}
+    return _NATIVE.info()

@@ -5,7 +5,7 @@
     pip install .                          # PEP 517 build via pyproject.toml
 
 The egg is a normal zipped egg (what ``spark-submit --py-files`` ships);
-spark/im2col.py knows how to load the extension out of the zip.  Metadata
+spark/native.py knows how to load the extension out of the zip.  Metadata
 lives in pyproject.toml (the version, declared dynamic there, is read from
 spark/__init__.py here); it is repeated below only for setuptools < 61, which
 ignores the [project] table.

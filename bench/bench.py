@@ -14,6 +14,14 @@
         of threads, next to the local trainer: training and prediction images/s
         and their ratios (PyTorch at its best minibatch size). PyTorch is not a
         dependency: run this with an interpreter that has it.
+    python3 bench/bench.py torch-recipe [--epochs 1] [--images 50000] [--lr 0.02] [--minibatch 128]
+            [--warmup 391] [--schedule cosine] [--label-smoothing 0.1] [--reg 1e-4] [--nesterov]
+            [--augment-pad 2] [--momentum 0.9] [--threads T] [--seed 0] [--[no-]channels-last]
+            [--init project|torch] [--metrics FILE.jsonl]
+        the same network trained in PyTorch with the training recipe of naive_train.py
+        --augment (the same minibatches, crops, flips and rates; bench/torch_recipe.py):
+        test accuracy on the test images after every epoch, training seconds so far
+        (evaluation excluded), the trainers' metrics records. Needs PyTorch, as torch.
     python3 bench/bench.py compare [--images 10000] [--iterations 3] [--batches 4] [--master local[2]]
         the local trainer and the four --exchange modes (hdfs, redis, spark, none),
         same N, I, B: iteration time split into forward, backward, store I/O and
@@ -137,12 +145,17 @@ def memory(args):
           + (" (an earlier child was larger)" if before > peak_mb * 1024 else ""))
 
 
-def load_data(args, images=None):
-    """The first `images` (default args.images) training images (uint8 NHWC) and labels."""
+def load_split(args, split, images=None):
+    """The first `images` (all if None) images of a CIFAR-10 split: spark.cifar10.Dataset."""
     sys.path.insert(0, ROOT)
     from spark.cifar10 import load_cifar10
-    data = load_cifar10(args.data_dir or os.path.join(ROOT, "data", "cifar-10-batches-py"),
-                        "train", images or args.images)
+    return load_cifar10(args.data_dir or os.path.join(ROOT, "data", "cifar-10-batches-py"),
+                        split, images)
+
+
+def load_data(args, images=None):
+    """The first `images` (default args.images) training images (uint8 NHWC) and labels."""
+    data = load_split(args, "train", images or args.images)
     return data.images, data.labels
 
 
@@ -220,13 +233,19 @@ def torch_rates(torch, x, y, iterations, minibatches, batches):
     return training, prediction
 
 
-def torch_compare(args):
+def require_torch():
+    """The torch module, or a one-line exit when this interpreter has none."""
     try:
         import torch
     except ImportError:
         sys.exit("bench.py: error: PyTorch is not installed for this interpreter "
                  f"({sys.executable}); run this with one that has it, e.g. a virtualenv "
                  "made with --system-site-packages and `pip install torch`")
+    return torch
+
+
+def torch_compare(args):
+    torch = require_torch()
     images, labels = load_data(args)
     records = run_trainer("naive", args.images, args.iterations, args)
     ours_train = steady(records, "images_per_s")
@@ -255,6 +274,18 @@ def torch_compare(args):
     print("local training: full batch of N (bench.py throughput); PyTorch: forward, backward "
           "and an SGD step per minibatch; local prediction from uint8 images, PyTorch's "
           "from normalized float tensors")
+
+
+def torch_recipe(args):
+    torch = require_torch()
+    from torch_recipe import train_recipe
+    train, test = load_split(args, "train", args.images), load_split(args, "test")
+    from spark.cnn import default_threads
+    torch.set_num_threads(args.threads or default_threads())
+    torch.manual_seed(args.seed)
+    shape = train.images.shape
+    train_recipe(torch, torch_network(torch, shape[3], shape[1], shape[2], 10), train, test,
+                 args, out=lambda line: print(line, flush=True))
 
 
 # The rows of `compare`: (label, entry script kind, --exchange)
@@ -393,8 +424,8 @@ def cluster(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=("throughput", "memory", "predict", "torch", "compare",
-                                         "cluster", "figures"))
+    parser.add_argument("what", choices=("throughput", "memory", "predict", "torch",
+                                         "torch-recipe", "compare", "cluster", "figures"))
     parser.add_argument("--images", type=int)
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--batches", type=int, default=4)
@@ -416,6 +447,29 @@ def main(argv=None):
                          help="images of the per-layer profile")
     figures.add_argument("--accuracy", nargs="+", action="extend", metavar="METRICS.jsonl[,LABEL]",
                          help="metrics files with test_accuracy for the accuracy chart")
+    recipe = parser.add_argument_group("torch-recipe (--images: training images, default all)")
+    recipe.add_argument("--epochs", type=float, default=1.0,
+                        help="passes over the images (the iteration count is rounded up)")
+    recipe.add_argument("--lr", type=float, default=0.02, help="base learning rate")
+    recipe.add_argument("--minibatch", type=int, default=128)
+    recipe.add_argument("--momentum", type=float, default=0.9)
+    recipe.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
+    recipe.add_argument("--reg", type=float, default=1e-4, help="L2 strength (weights only)")
+    recipe.add_argument("--schedule", choices=("constant", "cosine", "step"), default="cosine")
+    recipe.add_argument("--warmup", type=int, default=391, metavar="K",
+                        help="iterations of linear warm-up")
+    recipe.add_argument("--label-smoothing", type=float, default=0.1, metavar="E")
+    recipe.add_argument("--augment-pad", type=int, default=2, metavar="P",
+                        help="crops of the image padded by P zeros (and flips)")
+    recipe.add_argument("--seed", type=int, default=0,
+                        help="shuffle, crops, flips and (--init project) weights")
+    recipe.add_argument("--init", choices=("project", "torch"), default="project",
+                        help="start from the local trainer's weights for --seed, or PyTorch's")
+    recipe.add_argument("--threads", type=int, help="default: the cores this process may use")
+    recipe.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                        help="NHWC memory format (default; faster here at minibatch 128)")
+    recipe.add_argument("--metrics", metavar="FILE.jsonl",
+                        help="one JSON line per iteration, as the trainers' --metrics")
     args = parser.parse_args(argv)
     if args.what == "figures":
         if not args.out:
@@ -424,9 +478,9 @@ def main(argv=None):
         make_figures(args, sys.argv[1:] if argv is None else argv)
         return
     if args.images is None:
-        args.images = {"memory": 50000, "cluster": 6000}.get(args.what, 10000)
+        args.images = {"memory": 50000, "cluster": 6000, "torch-recipe": 50000}.get(args.what, 10000)
     {"throughput": throughput, "memory": memory, "predict": predict, "torch": torch_compare,
-     "compare": compare, "cluster": cluster}[args.what](args)
+     "torch-recipe": torch_recipe, "compare": compare, "cluster": cluster}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -269,7 +269,10 @@ def _train_loop(kind, net, data, test, run, total, path, settings, metrics, out,
             record = _iteration(net, data, run, path, started, save)
             if args.eval_every and (net.iteration % args.eval_every == 0
                                     or net.iteration == total):
+                evaluating = time.perf_counter()
                 record["test_accuracy"] = net.accuracy(test.images, test.labels)
+                record["eval_s"] = time.perf_counter() - evaluating
+                started += record["eval_s"]      # wall_s counts training, not evaluation
             metrics.write(record)
             _print_iteration(record, out)
     if getattr(net, "im2col_backends", None):

@@ -176,6 +176,7 @@ def test_naive_train_follows_the_recipe_and_resumes_it_exactly(synthetic_dir, tm
                                [learning_rate(i, 0.02, "cosine", 8, 2) for i in range(8)])
     assert [r["iteration"] for r in records if "test_accuracy" in r] == [3, 6, 8]
     assert all(0 <= r["test_accuracy"] <= 1 for r in records if "test_accuracy" in r)
+    assert [r["iteration"] for r in records if r.get("eval_s", 0) > 0] == [3, 6, 8]
     assert [r["epoch"] for r in records][:5] == [0.2, 0.4, 0.6, 0.8, 1.0]
     assert all(b["wall_s"] > a["wall_s"] for a, b in zip(records, records[1:]))
     assert "iteration 3: test accuracy " in done.stdout

@@ -23,10 +23,11 @@
         test accuracy on the test images after every epoch, training seconds so far
         (evaluation excluded), the trainers' metrics records. Needs PyTorch, as torch.
     python3 bench/bench.py compare [--images 10000] [--iterations 3] [--batches 4] [--master local[2]]
+            [--exchange-dtype float32|float16]
         the local trainer and the four --exchange modes (hdfs, redis, spark, none),
         same N, I, B: iteration time split into forward, backward, store I/O and
         broadcast, bytes stored per image, and each mode's fixed cost (its
-        iteration time at N = 8).
+        iteration time at N = 8); every run with the given --exchange-dtype.
         Needs the egg (scripts/install.sh) and the services (scripts/services.sh start).
     python3 bench/bench.py cluster [--nodes 1,2,3] [--images 6000] [--iterations 4] [--batches 6]
         both Spark trainers on the simulated cluster of scripts/cluster.sh (root),
@@ -299,7 +300,8 @@ def compare(args):
     an iteration of each exchange (its time at N = 8, where the work is nil)."""
     rows = []
     for label, kind, exchange in COMPARED:
-        extra = ["--exchange", exchange] if exchange else []
+        extra = (["--exchange", exchange] if exchange else []) + [
+            "--exchange-dtype", args.exchange_dtype]
         batches = args.batches if exchange else None
         records = run_trainer(kind, args.images, args.iterations, args, batches, extra)
         fixed = (steady_iteration_time(run_trainer(kind, FIXED_COST_IMAGES, args.iterations,
@@ -307,8 +309,8 @@ def compare(args):
                  if exchange else 0.0)
         rows.append((label, records, steady_iteration_time(records), fixed))
     base = rows[0][2]
-    print(f"N={args.images} I={args.iterations} B={args.batches} master={args.master}; "
-          "medians over iterations 2..I, seconds")
+    print(f"N={args.images} I={args.iterations} B={args.batches} master={args.master} "
+          f"--exchange-dtype {args.exchange_dtype}; medians over iterations 2..I, seconds")
     print(f"{'mode':6s} {'iteration':>9s} {'x local':>7s} {'forward':>8s} {'backward':>8s} "
           f"{'write':>6s} {'read':>6s} {'bcast':>6s} {'KB/image':>8s} {'fixed':>6s} {'loss':>7s}")
     for label, records, t, fixed in rows:
@@ -433,6 +435,8 @@ def main(argv=None):
     parser.add_argument("--nodes", default="1,2,3", help="cluster: node counts to measure")
     parser.add_argument("--data-dir", default=os.environ.get("SPARK_CNN_DATA_DIR"))
     parser.add_argument("--egg", help="the egg spark-submit ships (default: newest dist/*.egg)")
+    parser.add_argument("--exchange-dtype", dest="exchange_dtype", choices=("float32", "float16"),
+                        default="float32", help="compare: the trainers' --exchange-dtype")
     figures = parser.add_argument_group("figures")
     figures.add_argument("--out", metavar="DIR", help="folder for the PNGs and README.md")
     figures.add_argument("--sizes", default="1000,2000,5000,10000", metavar="N,N,...",

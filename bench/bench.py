@@ -321,6 +321,18 @@ def compare(args):
               f"{per_image:8.1f} {fixed:6.2f} {records[-1]['loss']:7.4f}")
     print("write/read: summed over the tasks of a stage; KB = 1000 bytes (spark: the persisted "
           f"caches); fixed: the iteration time at N = {FIXED_COST_IMAGES}")
+    floor = spark_floor(args)
+    print(f"Spark's own floor on {floor['master']}: an empty job of {floor['batches']} tasks "
+          f"{floor['empty_job_s']:.3f}s through Python workers ({floor['jvm_job_s']:.3f}s "
+          f"counted by the JVM alone), a broadcast of the parameters {floor['broadcast_s']:.3f}s; "
+          f"a two-stage iteration runs 2 jobs and 3 broadcasts, `none` 1 job and 1 broadcast")
+
+
+def spark_floor(args):
+    """bench/spark_floor.py on args.master -> its figures (dict)."""
+    result = run_script(os.path.join("bench", "spark_floor.py"), [args.batches], args,
+                        distributed=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def cluster_sh(*args, capture=True):

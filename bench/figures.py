@@ -454,10 +454,10 @@ def figure_accuracy(args, page, save):
              "Test accuracy (10,000 test images unless the run said otherwise) at each "
              "evaluation of the runs whose `--metrics` files were given with `--accuracy`, "
              "against epoch and against training wall time (`wall_s`). These runs were not "
-             "made by this bench (the 25-epoch recipe takes too long for it), e.g. `python3 "
-             "naive_train.py 50000 9775 --minibatch 128 --lr 0.02 --augment --schedule "
-             "cosine --warmup 391 --label-smoothing 0.1 --eval-every 391 --metrics FILE`; "
-             "they ran on this machine under whatever load it had then.")
+             "made by this bench (the 40-epoch recipe takes too long for it), e.g. `python3 "
+             "naive_train.py 50000 15640 --minibatch 128 --lr 0.02 --augment --schedule "
+             "cosine --warmup 391 --label-smoothing 0.1 --reg 1e-4 --nesterov --eval-every "
+             "391 --metrics FILE`; they ran on this machine under whatever load it had then.")
     rows = []
     for run in runs:
         evaluated = [r for r in run.records if "test_accuracy" in r]

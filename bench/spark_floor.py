@@ -1,21 +1,22 @@
 """What Spark itself costs per job on a master, with no work in it (bench.py compare).
 
-    spark-submit --master M bench/spark_floor.py B [--repeats R] [--param-floats P]
+    spark-submit --master M --py-files EGG bench/spark_floor.py B [--repeats R]
 
 Prints one JSON line of medians over R repeats, seconds:
 - empty_job_s: a job of B one-element tasks through Python workers (map + collect),
   the shape of every stage of an iteration with its work taken out;
 - jvm_job_s: the same job counted by the JVM alone (no Python worker);
-- broadcast_s: sc.broadcast of P float32 values (the default network's
-  parameters) and its unpersist.
+- broadcast_s: sc.broadcast of the default network's parameters (CNN().params(),
+  as an iteration broadcasts them) and its unpersist.
 """
 import argparse
 import json
 import statistics
 import time
 
-import numpy as np
 from pyspark import SparkContext
+
+from spark.cnn import CNN
 
 
 def median_seconds(action, repeats):
@@ -35,13 +36,12 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("batches", type=int)
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--param-floats", type=int, default=165_514)
     parser.add_argument("--data-dir", help=argparse.SUPPRESS)     # bench passes it to every script
     args = parser.parse_args()
     sc = SparkContext.getOrCreate()
     sc.setLogLevel("FATAL")
     b = args.batches
-    params = np.zeros(args.param_floats, np.float32)
+    params = CNN().params()
 
     def empty_job():
         sc.parallelize(range(b), b).map(identity).collect()

@@ -78,6 +78,21 @@ def kill_python_workers():
     return killed
 
 
+def kill_python_workers_of(sc, group, rounds=2, gap=0.05):
+    """SIGKILL the Python workers while `group`'s stage runs, and once more after
+    `gap` s if none of its tasks failed yet: a task can be active in the JVM
+    before it reaches a worker, and killing idle workers fails nothing. Two
+    rounds fail a task at most twice, under spark.task.maxFailures (3).
+    -> the pids killed."""
+    killed = []
+    for _ in range(rounds):
+        killed += kill_python_workers()
+        time.sleep(gap)
+        if failed_tasks(sc, group) or not stage_running(sc, group):
+            break
+    return killed
+
+
 def train_with_fault(net, images, labels, iterations, fault_iteration, stage, fault):
     """Train, doing `fault()` from another thread once iteration `fault_iteration`'s
     `stage` has tasks running -> (metrics records, the fault's result)."""
@@ -117,7 +132,8 @@ def test_killed_python_worker_is_retried_and_changes_nothing(stage, sc, redis_ad
     settings = make_settings(",".join(redis_addresses), hdfs_settings)
     expected = reference_params("locality", settings, sc, images, labels, 2)
     net = LocalityCNN(sc=sc, settings=settings, batches=4, seed=3, chunk=32)
-    _, killed = train_with_fault(net, images, labels, 2, 2, stage, kill_python_workers)
+    _, killed = train_with_fault(net, images, labels, 2, 2, stage, lambda: kill_python_workers_of(
+        sc, f"{net.run_id}-2-{stage}"))
     assert killed, "no Python worker was running"
     assert failed_tasks(sc, f"{net.run_id}-2-{stage}") >= 1        # Spark saw the loss and retried
     net.close()
@@ -163,7 +179,8 @@ def test_spark_exchange_survives_a_killed_python_worker_in_the_backward_stage(
     settings = make_settings(",".join(redis_addresses), hdfs_settings)
     expected = reference_params("spark-exchange", settings, sc, images, labels, 2)
     net = CachedCNN(sc=sc, settings=settings, batches=4, seed=3, chunk=32)
-    records, killed = train_with_fault(net, images, labels, 2, 2, "backward", kill_python_workers)
+    records, killed = train_with_fault(net, images, labels, 2, 2, "backward",
+                                       lambda: kill_python_workers_of(sc, f"{net.run_id}-2-backward"))
     assert killed, "no Python worker was running"
     assert failed_tasks(sc, f"{net.run_id}-2-backward") >= 1
     assert [r["exchange"] for r in records] == ["spark", "spark"]

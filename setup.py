@@ -66,7 +66,7 @@ if (_major, _minor) < (61, 0) or not os.path.exists("pyproject.toml"):
     )
 
 setup(
-    packages=["spark"],
+    packages=["spark", "spark.data", "spark.storage"],
     ext_modules=cythonize(
         extensions,
         compiler_directives={"language_level": "3"},

@@ -147,9 +147,9 @@ def memory(args):
 
 
 def load_split(args, split, images=None):
-    """The first `images` (all if None) images of a CIFAR-10 split: spark.cifar10.Dataset."""
+    """The first `images` (all if None) images of a CIFAR-10 split: spark.data.cifar10.Dataset."""
     sys.path.insert(0, ROOT)
-    from spark.cifar10 import load_cifar10
+    from spark.data.cifar10 import load_cifar10
     return load_cifar10(args.data_dir or os.path.join(ROOT, "data", "cifar-10-batches-py"),
                         split, images)
 
@@ -252,7 +252,7 @@ def torch_compare(args):
     ours_train = steady(records, "images_per_s")
     ours_predict, threads = local_predict_rate(images, args.iterations)
     torch.set_num_threads(threads)
-    from spark.preprocess import normalize_images
+    from spark.data.preprocess import normalize_images
     x = torch.from_numpy(normalize_images(images).transpose(0, 3, 1, 2).copy())  # (N, C, H, W)
     y = torch.from_numpy(labels.astype("int64"))
     training, prediction = torch_rates(torch, x, y, args.iterations,

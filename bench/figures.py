@@ -177,7 +177,7 @@ def layer_profile(images, labels, repeats):
     thread and one BLAS thread, chunks of the trainer's size."""
     from threadpoolctl import threadpool_limits
     from spark.cnn import CNN
-    from spark.preprocess import normalize_images
+    from spark.data.preprocess import normalize_images
     x = normalize_images(images)                                  # (n, H, W, C) float32
     fused = CNN(threads=1)
     unfused = CNN(threads=1)
@@ -227,7 +227,7 @@ def spark_predict_seconds(args, images, mode, params_dir):
 
 
 def count_test_images(args):
-    from spark.cifar10 import load_cifar10
+    from spark.data.cifar10 import load_cifar10
     folder = args.data_dir or os.path.join(bench.ROOT, "data", "cifar-10-batches-py")
     return len(load_cifar10(folder, "test").labels)
 

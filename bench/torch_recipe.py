@@ -4,7 +4,7 @@ The default network (bench.torch_network) trained as `naive_train.py --augment
 --order shuffle --schedule S --warmup K --label-smoothing E --reg R [--nesterov]`
 trains it: the minibatches, crops, flips and learning rates come from the same
 spark.recipe functions (drawn from --seed), the input from the same
-spark.preprocess.batch_input (NumPy, on the uint8 minibatch), the update is
+spark.data.preprocess.batch_input (NumPy, on the uint8 minibatch), the update is
 CNN.update's momentum SGD written in torch ops (v = m v - lr g, the rate inside
 the velocity), the L2 term is added to the weights' gradients and not the
 biases', and the loss is CrossEntropyLoss(label_smoothing=E) plus the L2 penalty,
@@ -93,7 +93,7 @@ def train_recipe(torch, model, train, test, args, out=print):
     on `test` every epoch; write args.metrics. -> the last metrics record."""
     from spark.cnn import CNN
     from spark.metrics import MetricsLog, rss_mb
-    from spark.preprocess import batch_input, normalize_images
+    from spark.data.preprocess import batch_input, normalize_images
     from spark.recipe import batch_indices, draw_augmentation, learning_rate
 
     images, minibatch = len(train.images), args.minibatch

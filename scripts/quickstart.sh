@@ -26,7 +26,7 @@ if [ -z "${SPARK_CNN_DATA_DIR:-}" ]; then
     else
         export SPARK_CNN_DATA_DIR=data/synthetic-cifar-10
         [ -f "$SPARK_CNN_DATA_DIR/batches.meta" ] ||
-            "$PYTHON" -m spark.synthetic "$SPARK_CNN_DATA_DIR" --train 10000 --test 2000
+            "$PYTHON" -m spark.data.synthetic "$SPARK_CNN_DATA_DIR" --train 10000 --test 2000
     fi
 fi
 

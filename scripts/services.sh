@@ -306,7 +306,7 @@ start_hdfs() {
 
 print_exports() {
     local q
-    # unix socket first: measured faster than TCP for large values (see spark/store.py)
+    # unix socket first: measured faster than TCP for large values (see spark/storage/store.py)
     echo "export SPARK_CNN_REDIS=unix://$REDIS_SOCK,$HOST:$REDIS_PORT"
     echo "export SPARK_CNN_WEBHDFS=http://$HOST:$NN_HTTP_PORT"
     echo "export SPARK_CNN_HDFS=hdfs://$HOST:$NN_RPC_PORT"

@@ -27,7 +27,7 @@ from .conv import Conv, fuse_conv_relu_pool
 from .fc import FullyConnected
 from .loss import l2_penalty, softmax_loss
 from .pool import MaxPool
-from .preprocess import batch_input
+from .data.preprocess import batch_input
 from .relu import ReLU
 
 # conv 64 filters 3x3 stride 1 pad 1 -> ReLU -> 2x2 max-pool stride 2 -> fc to 10.

@@ -23,7 +23,7 @@ import time
 import numpy as np
 from pyspark import StorageLevel
 
-from .exchange import ExchangeConfig
+from .storage.exchange import ExchangeConfig
 from .loss import softmax_loss
 from .spark_cnn import SparkCNN, split_batches
 from .tasks import (ScoresByBatch, add_loss_results, add_results, add_stats, fused_task,

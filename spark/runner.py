@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 
 from .checkpoint import CheckpointError, remove_stale_temporaries
-from .cifar10 import TooFewImagesError, load_cifar10
+from .data.cifar10 import TooFewImagesError, load_cifar10
 from .cli import TRAIN_DEFAULTS, UsageError, exchange_mode
 from .im2col import backend as im2col_backend
 from .metrics import MetricsError, MetricsLog, rss_mb
@@ -55,7 +55,7 @@ def check_settings(exchange, settings):
     """Settings that are wrong whatever else happens: refused before Spark starts.
     exchange: the run's --exchange (None for the local trainer)."""
     if exchange == "redis":
-        from .redis_store import parse_redis_addresses
+        from .storage.redis_store import parse_redis_addresses
         try:
             parse_redis_addresses(settings.redis)
         except ValueError as e:

@@ -15,7 +15,7 @@ One iteration, with B batches (one Spark task per batch):
 
 The images are broadcast once per run as uint8. The first layer's input is
 never stored: backward tasks rebuild it from the broadcast images. While the
-run stores anything it keeps a heartbeat (spark/runs.py), and its first
+run stores anything it keeps a heartbeat (spark/storage/runs.py), and its first
 iteration removes what runs whose driver died left behind.
 """
 import functools
@@ -26,9 +26,9 @@ import uuid
 import numpy as np
 
 from .cnn import CNN
-from .exchange import clear_run, exchange_config, open_matrix_store
+from .storage.exchange import clear_run, exchange_config, open_matrix_store
 from .loss import softmax_loss
-from .runs import Heartbeat, remove_dead_runs
+from .storage.runs import Heartbeat, remove_dead_runs
 from .spark_context import cancel_and_wait, executor_hosts, located_rdd
 from .tasks import Job, add_results, add_stats, backward_task, forward_task, predict_task
 

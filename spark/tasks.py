@@ -33,11 +33,11 @@ from pyspark.accumulators import AccumulatorParam
 
 from . import im2col
 from .cnn import CNN, chunk_slices
-from .exchange import ExchangeConfig, address_is_local, open_matrix_store
+from .storage.exchange import ExchangeConfig, address_is_local, open_matrix_store
 from .loss import softmax_loss
-from .preprocess import batch_input
+from .data.preprocess import batch_input
 from .recipe import slice_augmentation
-from .store import StoreAuthError, StoreError
+from .storage.store import StoreAuthError, StoreError
 
 _NETWORKS = {}
 

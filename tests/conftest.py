@@ -81,7 +81,7 @@ def redis_addresses(service_env) -> list[str]:
     """Redis addresses (local node first), each checked with a PING."""
     import redis
 
-    from spark.redis_store import parse_redis_addresses
+    from spark.storage.redis_store import parse_redis_addresses
 
     addresses = parse_redis_addresses(service_env["SPARK_CNN_REDIS"])
     for address in addresses:
@@ -119,7 +119,7 @@ def hdfs_settings(service_env) -> HdfsSettings:
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory) -> str:
     """A small learnable data set in the CIFAR-10 python-version layout (2,000 + 500 images)."""
-    from spark.synthetic import make_synthetic_cifar10
+    from spark.data.synthetic import make_synthetic_cifar10
 
     folder = tmp_path_factory.mktemp("synthetic-cifar-10")
     make_synthetic_cifar10(folder, train=2000, test=500, seed=0)
@@ -129,7 +129,7 @@ def synthetic_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def synthetic_train(synthetic_dir):
     """The synthetic training split, loaded: images (2000, 32, 32, 3) uint8, labels (2000,)."""
-    from spark.cifar10 import load_cifar10
+    from spark.data.cifar10 import load_cifar10
 
     return load_cifar10(synthetic_dir, "train")
 

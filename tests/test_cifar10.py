@@ -1,4 +1,4 @@
-"""Tests for spark.cifar10 (loading), spark.synthetic and spark.download_cifar10.
+"""Tests for spark.data.cifar10 (loading), spark.data.synthetic and spark.data.download_cifar10.
 
 Everything runs on small synthetic data made in tmp folders; nothing here reads real CIFAR-10.
 """
@@ -16,10 +16,10 @@ import tarfile
 import numpy as np
 import pytest
 
-from spark import download_cifar10 as dl
-from spark.cifar10 import Dataset, load_cifar10
-from spark.synthetic import CLASS_NAMES, make_synthetic_cifar10, write_batch, write_meta
-from spark.synthetic import main as synthetic_main
+from spark.data import download_cifar10 as dl
+from spark.data.cifar10 import Dataset, load_cifar10
+from spark.data.synthetic import CLASS_NAMES, make_synthetic_cifar10, write_batch, write_meta
+from spark.data.synthetic import main as synthetic_main
 
 TRAIN, TEST, BATCHES = 500, 100, 5  # 100 images per training batch
 
@@ -259,7 +259,7 @@ def test_missing_folder_gives_helpful_error(tmp_path):
         with pytest.raises(FileNotFoundError) as info:
             load_cifar10(path, "train")
         text = str(info.value)
-        assert "python3 -m spark.synthetic" in text and "python3 -m spark.download_cifar10" in text
+        assert "python3 -m spark.data.synthetic" in text and "python3 -m spark.data.download_cifar10" in text
         assert "data_batch_1" in text and str(path) in text
 
 

@@ -5,7 +5,7 @@ import pytest
 from spark.checkpoint import CheckpointError
 from spark.cnn import CNN
 from spark.loss import softmax_loss
-from spark.preprocess import normalize_images
+from spark.data.preprocess import normalize_images
 
 from gradcheck import numerical_gradient, relative_error, sample_indices
 
@@ -125,7 +125,7 @@ def test_checkpoint_is_not_a_pickle_and_bad_files_are_refused(tmp_path):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_normalize_images_equals_per_channel_broadcast_bit_for_bit(dtype):
-    from spark.preprocess import CHANNEL_MEAN, CHANNEL_STD
+    from spark.data.preprocess import CHANNEL_MEAN, CHANNEL_STD
     rng = np.random.default_rng(12)
     for shape in [(4, 32, 32, 3), (3, 5, 7, 1), (2, 4, 6, 2), (0, 4, 4, 3)]:
         images = rng.integers(0, 256, shape, dtype=np.uint8)

@@ -191,16 +191,16 @@ second line
 # A task's own error raised from a lower one (raise ... from e): the task's is reported.
 CHAINED = PY4J + f"""\
 : org.apache.spark.api.python.PythonException: [PYTHON_EXCEPTION] An exception was thrown from the Python worker: Traceback (most recent call last):
-  File "/work/main/spark/store.py", line 9, in _redis_client
+  File "/work/main/spark/storage/store.py", line 9, in _redis_client
     raise ConnectionRefusedError(111, "Connection refused")
 ConnectionRefusedError: [Errno 111] Connection refused
 
 The above exception was the direct cause of the following exception:
 
 Traceback (most recent call last):
-{FRAMES}  File "/work/main/spark/store.py", line 11, in put
+{FRAMES}  File "/work/main/spark/storage/store.py", line 11, in put
     raise StoreUnavailableError("cannot reach Redis at 127.0.0.1:1 (Connection refused)") from e
-spark.store.StoreUnavailableError: cannot reach Redis at 127.0.0.1:1 (Connection refused)
+spark.storage.store.StoreUnavailableError: cannot reach Redis at 127.0.0.1:1 (Connection refused)
  SQLSTATE: 38000
 {JAVA_TAIL}"""
 

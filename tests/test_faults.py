@@ -407,8 +407,8 @@ def test_a_stalled_redis_is_not_waited_for_twice_in_a_row(service_env, tmp_path)
     """After one timeout, calls to the same server fail at once for the next
     `timeout` seconds (the clean-up after a stall costs no further timeouts),
     and wait again after that."""
-    from spark.redis_store import RedisStore
-    from spark.store import StoreTimeoutError
+    from spark.storage.redis_store import RedisStore
+    from spark.storage.store import StoreTimeoutError
     server = RedisServer(str(tmp_path / "redis"))
     store = RedisStore([server.address], namespace=f"stall-{uuid.uuid4().hex[:8]}", timeout=1.5)
     store.put("a", np.arange(4))
@@ -440,8 +440,8 @@ def test_a_stalled_datanode_is_not_waited_for_twice_in_a_row(hdfs_settings):
     out, reads and writes that need it fail at once for the next `timeout`
     seconds (the NameNode, still answering, is asked as before), and wait
     again after that."""
-    from spark.hdfs_store import HdfsStore
-    from spark.store import StoreTimeoutError
+    from spark.storage.hdfs_store import HdfsStore
+    from spark.storage.store import StoreTimeoutError
     store = HdfsStore(hdfs_settings.webhdfs, hdfs_settings.user, hdfs_settings.root,
                       namespace=f"stall-{uuid.uuid4().hex[:8]}", timeout=1.5)
     store.put("a", np.arange(4))

@@ -11,7 +11,7 @@ from spark.arch import format_arch, parse_arch
 from spark.cnn import CNN, DEFAULT_ARCH
 from spark.evaluation import confusion_matrix, per_class_lines
 from spark.loss import softmax_loss
-from spark.preprocess import augment_images, batch_input, normalize_images
+from spark.data.preprocess import augment_images, batch_input, normalize_images
 from spark.recipe import batch_indices, draw_augmentation, learning_rate, slice_augmentation
 from sparkjobs import run_script
 

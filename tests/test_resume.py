@@ -286,7 +286,7 @@ def clean_hdfs_and_redis(service_env, root):
     import redis
     from hdfs import InsecureClient
 
-    from spark.redis_store import parse_redis_addresses
+    from spark.storage.redis_store import parse_redis_addresses
 
     hdfs = InsecureClient(service_env["SPARK_CNN_WEBHDFS"], user=service_env["SPARK_CNN_HDFS_USER"])
     runs = hdfs.list(root) if hdfs.status(root, strict=False) else []

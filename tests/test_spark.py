@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from spark.cnn import CNN
-from spark.exchange import exchange_config, hdfs_store, open_matrix_store, redis_store
+from spark.storage.exchange import exchange_config, hdfs_store, open_matrix_store, redis_store
 from spark.locality_cnn import LocalityCNN
 from spark.memory_cnn import CachedCNN, FusedCNN
-from spark.runs import HDFS_FOLDER, REDIS_PREFIX
+from spark.storage.runs import HDFS_FOLDER, REDIS_PREFIX
 from spark.recipe import batch_indices, draw_augmentation, learning_rate
 from spark.settings import Settings
 from spark.spark_cnn import SparkCNN, split_batches

@@ -1,5 +1,5 @@
-"""The array wire format (spark/wire.py) and the stores (spark/redis_store.py,
-spark/hdfs_store.py) against the real Redis and HDFS servers (see tests/conftest.py)."""
+"""The array wire format (spark/storage/wire.py) and the stores (spark/storage/redis_store.py,
+spark/storage/hdfs_store.py) against the real Redis and HDFS servers (see tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import redis
 
-from spark.hdfs_store import HdfsStore
-from spark.redis_store import RedisStore, parse_redis_addresses
-from spark.store import MissingKeyError, StoreError, StoreUnavailableError
-from spark.wire import decode_array, encode
+from spark.storage.hdfs_store import HdfsStore
+from spark.storage.redis_store import RedisStore, parse_redis_addresses
+from spark.storage.store import MissingKeyError, StoreError, StoreUnavailableError
+from spark.storage.wire import decode_array, encode
 
 # ---------------------------------------------------------------- helpers
 

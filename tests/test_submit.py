@@ -8,7 +8,7 @@ import pytest
 import redis
 from hdfs import InsecureClient
 
-from spark.redis_store import parse_redis_addresses
+from spark.storage.redis_store import parse_redis_addresses
 from sparkjobs import job_env, submit
 
 

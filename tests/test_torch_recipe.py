@@ -10,7 +10,7 @@ import pytest
 
 from spark.arch import parse_arch
 from spark.cnn import CNN
-from spark.preprocess import normalize_images
+from spark.data.preprocess import normalize_images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))

@@ -57,8 +57,8 @@ _HELP = (
     f"expected the python-version folder {PY_FOLDER}/ (data_batch_1..5, test_batch, "
     f"batches.meta), the archive {ARCHIVE}, the binary-version folder {BIN_FOLDER}/ "
     "(data_batch_1..5.bin, test_batch.bin, batches.meta.txt), or a folder containing one of "
-    "them; make a small synthetic set with `python3 -m spark.synthetic DIR` or fetch the real "
-    "one with `python3 -m spark.download_cifar10`"
+    "them; make a small synthetic set with `python3 -m spark.data.synthetic DIR` or fetch the real "
+    "one with `python3 -m spark.data.download_cifar10`"
 )
 
 

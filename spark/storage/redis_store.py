@@ -2,7 +2,7 @@
 
 Layout: ``spark-cnn:<namespace>:k:<key>`` holds a small record: b"SCNR",
 version, chunk count, chunk size, a random 16-byte write token, then the
-array header of :mod:`spark.wire`.  Arrays of at most ``min(chunk_bytes, 1
+array header of :mod:`spark.storage.wire`.  Arrays of at most ``min(chunk_bytes, 1
 MiB)`` data bytes are stored inline after the header (one GET reads them).
 Larger data is split into ``spark-cnn:<namespace>:c:<token hex>:<i>`` keys of
 ``chunk_bytes`` each (Redis refuses values over 512 MB), written before the

@@ -1,6 +1,6 @@
 """Download and unpack the official CIFAR-10 python version.
 
-    python3 -m spark.download_cifar10 [--dest DIR]
+    python3 -m spark.data.download_cifar10 [--dest DIR]
 
 fetches https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (about 163 MB) into a temp
 file in DIR (default ``data``), checks its published md5, renames it to
@@ -110,7 +110,7 @@ def download_cifar10(dest: str | os.PathLike = "data", url: str = URL, md5: str 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python3 -m spark.download_cifar10",
+        prog="python3 -m spark.data.download_cifar10",
         description=f"Download {URL}, check its md5 and extract cifar-10-batches-py/.",
     )
     parser.add_argument("--dest", default="data", help="folder to put it in (default: data)")

@@ -1,6 +1,6 @@
 """Write a small, learnable stand-in for CIFAR-10 in exactly the python-version layout.
 
-    python3 -m spark.synthetic OUT_DIR [--train N] [--test N] [--seed S] [--batches B]
+    python3 -m spark.data.synthetic OUT_DIR [--train N] [--test N] [--seed S] [--batches B]
 
 writes ``data_batch_1`` .. ``data_batch_B``, ``test_batch`` and ``batches.meta`` into OUT_DIR:
 protocol-2 pickles of dicts with ``data`` (uint8, N x 3072: red plane, green, blue, each
@@ -9,7 +9,7 @@ row-major), ``labels`` (list of ints), ``batch_label`` and ``filenames``, and a 
 official (Python 2) files, so anything that reads CIFAR-10 reads these the same way:
 a standard pickle reader with ``encoding='latin1'`` gives str keys, ``encoding='bytes'`` gives bytes keys, and
 the only globals are ``numpy.core.multiarray._reconstruct``, ``numpy.ndarray`` and
-``numpy.dtype``, as ``spark.cifar10.load_cifar10``'s restricted unpickler allows.
+``numpy.dtype``, as ``spark.data.cifar10.load_cifar10``'s restricted unpickler allows.
 
 What the images look like. Classes are named ``class0`` .. ``class9`` (deliberately not the
 CIFAR-10 names, so nobody mistakes a result on this data for a CIFAR-10 result). Every image is
@@ -243,7 +243,7 @@ def make_synthetic_cifar10(out_dir: str | os.PathLike, train: int = 5000, test: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python3 -m spark.synthetic",
+        prog="python3 -m spark.data.synthetic",
         description="Write a small synthetic CIFAR-10 look-alike (python-version layout: "
                     "data_batch_1..B, test_batch, batches.meta) that a tiny CNN can learn.",
     )

@@ -9,9 +9,9 @@ interface::
     store.keys() -> list[str]             # what is left under the namespace
     store.delete_all()                    # remove everything under the namespace
 
-:class:`spark.redis_store.RedisStore` keeps arrays in Redis,
-:class:`spark.hdfs_store.HdfsStore` as HDFS files; both send them in the
-format of :mod:`spark.wire`, never pickled.  ``spark.exchange`` opens the one
+:class:`spark.storage.redis_store.RedisStore` keeps arrays in Redis,
+:class:`spark.storage.hdfs_store.HdfsStore` as HDFS files; both send them in the
+format of :mod:`spark.storage.wire`, never pickled.  ``spark.storage.exchange`` opens the one
 a run uses.
 
 Every store is created with a ``namespace`` (a run id); two namespaces never

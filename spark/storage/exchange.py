@@ -1,7 +1,7 @@
 """Where a Spark run keeps the matrices its forward stage leaves for its backward stage.
 
 `ExchangeConfig` is a small picklable description that travels to the
-executors; `open_matrix_store` turns it into a `spark.store.ArrayStore` inside
+executors; `open_matrix_store` turns it into a `spark.storage.store.ArrayStore` inside
 a task: HDFS files (kind "hdfs") or the Redis server of the task's own node
 (kind "redis"). Keys and paths live under the run's id, so runs sharing a
 Redis or an HDFS never collide, and `clear_run` removes all of a run.

@@ -1,6 +1,6 @@
 """The array wire format of spark-cnn: a NumPy array as a small header plus its raw bytes.
 
-Free of I/O: the stores (spark.redis_store, spark.hdfs_store) send what
+Free of I/O: the stores (spark.storage.redis_store, spark.storage.hdfs_store) send what
 :func:`encode` gives and read back with :func:`decode_array`, or, when they
 fill an array piece by piece, with :func:`parse_header` and :func:`data_view`.
 

@@ -1,7 +1,7 @@
 """Arrays as HDFS files: :class:`HdfsStore` and its helpers, through WebHDFS.
 
 Layout: ``<root>/<namespace>/<key>`` holds the array in the format of
-:mod:`spark.wire`, replication 1.
+:mod:`spark.storage.wire`, replication 1.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import threading
 import time
 
 from .exchange import hdfs_store, redis_store
-from .processes import process_gone
+from ..processes import process_gone
 from .store import MissingKeyError
 
 log = logging.getLogger(__name__)

@@ -8,6 +8,8 @@ temporary file's name carries the writer's process id and host
 (`.tmp-<pid>-<host>-<random>.npz`), so a later run can tell the leftovers of a
 killed writer from a file that a live run is writing (`remove_stale_temporaries`).
 """
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -30,6 +32,10 @@ _TMP_NAME = re.compile(r"^\.tmp-(?:(\d+)-([A-Za-z0-9._]*)-)?[A-Za-z0-9_]+\.npz$"
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable or not one of ours."""
+
+
+class CheckpointInUse(RuntimeError):
+    """Another live run holds the checkpoint."""
 
 
 def _host():
@@ -124,3 +130,57 @@ def load_checkpoint(path):
         found = meta.get("format") if isinstance(meta, dict) else None
         raise CheckpointError(f"{path} is not a spark-cnn checkpoint (format {found!r})")
     return arrays, meta
+
+
+@contextlib.contextmanager
+def checkpoint_lock(path, err=None):
+    """Hold `path` (a checkpoint) for one run: `<path>.lock`, locked with flock.
+
+    A second run into the same checkpoint raises CheckpointInUse naming the
+    first run's pid and host. The lock dies with its process, so a lock file
+    left by a killed run is taken over (with a note on `err`). The file is
+    removed when the run ends; a run that locked a file another run has just
+    removed notices it (the path no longer names the file it holds) and tries
+    again.
+    """
+    lock_path = f"{path}.lock"
+    os.makedirs(os.path.dirname(os.path.abspath(lock_path)), exist_ok=True)
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise CheckpointInUse(
+                f"{path} is in use by another run ({holder}): wait for it to end, or give "
+                "this run another --params-dir") from None
+        try:
+            same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)                       # removed by the run that held it: take the new one
+    try:
+        left = _read_holder(fd)
+        if left and err is not None:
+            print(f"note: took over {lock_path}, left by {left}, which is gone", file=err)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock_path)
+        os.close(fd)
+
+
+def _read_holder(fd):
+    """'pid P on host H (since S)' from a lock file, '' when it is empty."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"null")
+        return (f"pid {info['pid']} on host {info['host']}, started {info['started']}"
+                if info else "")
+    except (OSError, ValueError, TypeError, KeyError):
+        return "a run that wrote no readable name"

@@ -76,3 +76,9 @@ def format_arch(arch):
             part = kind
         parts.append(part)
     return "-".join(parts)
+
+
+def canonical_arch(text):
+    """An --arch string in its one canonical spelling (defaults left out), e.g.
+    "conv64x3-relu-pool2-fc10" -> "conv64-relu-pool-fc10". Raises ValueError."""
+    return format_arch(parse_arch(text))

@@ -28,6 +28,7 @@ from .fc import FullyConnected
 from .loss import l2_penalty, softmax_loss
 from .pool import MaxPool
 from .data.preprocess import batch_input
+from .recipe import iteration_inputs
 from .relu import ReLU
 
 # conv 64 filters 3x3 stride 1 pad 1 -> ReLU -> 2x2 max-pool stride 2 -> fc to 10.
@@ -38,6 +39,14 @@ DEFAULT_ARCH = (
     {"type": "fc", "outputs": 10},
 )
 CIFAR10_SHAPE = (32, 32, 3)
+
+
+class Diverged(ArithmeticError):
+    """An iteration's loss or parameters are not finite."""
+
+    def __init__(self, iteration, loss):
+        super().__init__(f"training diverged at iteration {iteration + 1} (loss {loss})")
+        self.iteration, self.loss = iteration + 1, loss
 
 
 @functools.lru_cache(maxsize=1)
@@ -182,32 +191,47 @@ class CNN:
                 grads[f"{layer.name}.{key}"] = value
         return grads
 
-    def loss_and_gradients(self, images, labels, index=None, progress=None, augment=None):
+    def chunk_loss_and_gradients(self, images, labels, index, rows, augment, normalizer):
+        """Loss and gradients of `rows` (a slice) of a batch, both divided by `normalizer`.
+
+        images: (T, H, W, C) uint8, the whole set; labels: (T,); index: (n,)
+        the batch's positions in them (None: the first n); augment: the
+        batch's crops and flips or None. The caches wait between forward and
+        backward as every Spark exchange keeps them (`forward_kept`).
+        Returns (loss, grads, forward seconds, backward seconds, images).
+        """
+        t0 = time.perf_counter()
+        picked = rows if index is None else index[rows]
+        x = batch_input(images, index, rows, augment, self.dtype)      # (n_chunk, H, W, C)
+        scores, caches = self.forward_kept(x)                          # (n_chunk, K)
+        loss, dscores = softmax_loss(scores, labels[picked], normalizer=normalizer,
+                                     smoothing=self.label_smoothing)
+        t1 = time.perf_counter()
+        grads = self.backward(dscores, caches)
+        return loss, grads, t1 - t0, time.perf_counter() - t1, len(scores)
+
+    def loss_and_gradients(self, images, labels, index=None, progress=None, augment=None,
+                           normalizer=None):
         """Mean softmax loss over a batch and its gradients, data term only.
 
         images: (T, H, W, C) uint8; labels: (T,); index: (N,) positions of the
         batch's images in them, or None for all T; augment: the batch's crops
-        and flips (spark.recipe.draw_augmentation) or None. Worked through in chunks of
-        `self.chunk` images: each image's loss gradient depends on its own
-        scores only, so forward and backward run chunk by chunk and memory
-        stays flat in N. `self.threads` chunks run at once (one BLAS thread
-        each); chunk results are added in chunk order, so the sums do not
-        depend on the thread count. Returns (loss, grads, timings) with
-        timings {"forward_s", "backward_s"}: the wall time split in proportion
-        to the chunks' own forward and backward times.
+        and flips (spark.recipe.draw_augmentation) or None; normalizer: what
+        the sums are divided by (default N; a share of a minibatch passes the
+        minibatch's size). Worked through in chunks of `self.chunk` images:
+        each image's loss gradient depends on its own scores only, so forward
+        and backward run chunk by chunk and memory stays flat in N.
+        `self.threads` chunks run at once (one BLAS thread each); chunk results
+        are added in chunk order, so the sums do not depend on the thread
+        count. Returns (loss, grads, timings) with timings {"forward_s",
+        "backward_s"}: the wall time split in proportion to the chunks' own
+        forward and backward times.
         """
         n = len(labels) if index is None else len(index)
+        normalizer = n if normalizer is None else normalizer
 
         def chunk_work(rows):
-            t0 = time.perf_counter()
-            picked = rows if index is None else index[rows]
-            x = batch_input(images, index, rows, augment, self.dtype)  # (n_chunk, H, W, C)
-            scores, caches = self.forward_kept(x)
-            chunk_loss, dscores = softmax_loss(scores, labels[picked], normalizer=n,
-                                               smoothing=self.label_smoothing)
-            t1 = time.perf_counter()
-            grads = self.backward(dscores, caches)
-            return chunk_loss, grads, t1 - t0, time.perf_counter() - t1, len(scores)
+            return self.chunk_loss_and_gradients(images, labels, index, rows, augment, normalizer)
 
         started = time.perf_counter()
         totals = {name: np.zeros_like(p) for name, p in self.params().items()}
@@ -287,6 +311,30 @@ class CNN:
                     exchange_dtype=self.exchange_dtype.name, **timings, update_s=update_s,
                     images=n, images_per_s=n / total if total else 0.0)
 
+    def train_segment(self, images, labels, run, end, on_row=None, progress=None):
+        """Train iterations self.iteration .. end - 1 of `run` (a RunConfig) -> their rows.
+
+        Each iteration takes its minibatch, crops, flips and rate from
+        spark.recipe.iteration_inputs. A row is train_iteration's metrics plus
+        `segment_s`, the seconds since the segment began when it ended; each
+        goes to `on_row` as soon as it is done. progress(iteration): a counter
+        for one iteration's images, or None. Raises Diverged, before the
+        parameters of a non-finite loss are kept anywhere but here.
+        """
+        started, rows = time.perf_counter(), []
+        while self.iteration < end:
+            index, augment, lr = iteration_inputs(run, self.iteration)
+            counter = progress(self.iteration) if progress is not None else None
+            row = self.train_iteration(images, labels, index, counter, augment, lr)
+            if not np.isfinite(row["loss"]) or not all(
+                    np.all(np.isfinite(p)) for p in self.params().values()):
+                raise Diverged(self.iteration, row["loss"])
+            row["segment_s"] = time.perf_counter() - started
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
+        return rows
+
     def predict_scores(self, images, progress=None):
         """images: (N, H, W, C) uint8 -> scores (N, K), chunk by chunk."""
         out = np.empty((len(images), self.num_classes), self.dtype)
@@ -310,7 +358,7 @@ class CNN:
         return float(np.mean(self.predict(images, progress) == labels))
 
     # ----- saving -----------------------------------------------------------
-    def settings(self):
+    def checkpoint_meta(self):
         return dict(arch=self.arch, input_shape=list(self.input_shape), dtype=self.dtype.name,
                     lr=self.lr, momentum=self.momentum, reg=self.reg, seed=self.seed,
                     label_smoothing=self.label_smoothing, nesterov=self.nesterov,
@@ -321,7 +369,7 @@ class CNN:
         the run's settings (`run_info`) to `path`."""
         arrays = {f"param/{k}": v for k, v in self.params().items()}
         arrays.update({f"velocity/{k}": v for k, v in self.velocity.items()})
-        save_checkpoint(path, arrays, dict(self.settings(), iteration=self.iteration,
+        save_checkpoint(path, arrays, dict(self.checkpoint_meta(), iteration=self.iteration,
                                            run=dict(self.run_info)))
 
     @classmethod

@@ -25,7 +25,8 @@ from pyspark import StorageLevel
 
 from .storage.exchange import ExchangeConfig
 from .loss import softmax_loss
-from .spark_cnn import SparkCNN, split_batches
+from .recipe import split_batches
+from .spark_cnn import SparkCNN
 from .tasks import (ScoresByBatch, add_loss_results, add_results, add_stats, fused_task,
                     kept_backward_task, kept_forward_task)
 

@@ -42,3 +42,12 @@ class NoProgress:
 
     def update(self, n=1):
         pass
+
+
+# Iterations or evaluations over at least this many images get a progress counter.
+PROGRESS_FROM = 20000
+
+
+def progress_for(total, label):
+    """A Progress for `total` units of work worth showing, else None."""
+    return Progress(total, label) if total >= PROGRESS_FROM else None

@@ -88,3 +88,30 @@ def slice_augmentation(augment, rows):
     if augment is None:
         return None
     return {"pad": augment["pad"], "shift": augment["shift"][rows], "flip": augment["flip"][rows]}
+
+
+def iteration_inputs(run, iteration):
+    """What 0-based `iteration` of a run takes -> (index, augment, lr).
+
+    run: a spark.config.RunConfig. index: the minibatch's image positions
+    (None: all the images); augment: its crops and flips (None without
+    --augment); lr: its learning rate. The local trainer, every Spark
+    trainer and every all-reduce task draw the same three from here.
+    """
+    index = batch_indices(iteration, run.batch_size, run.images, run.seed, run.order)
+    augment = draw_augmentation(run.seed, iteration, run.batch_size, run.augment_padding)
+    lr = learning_rate(iteration, run.lr, run.schedule, run.schedule_length or 1, run.warmup)
+    return index, augment, lr
+
+
+def split_batches(n, batches):
+    """(batch, offset, count) for B batches of n rows whose sizes differ by at most one."""
+    if batches > n:
+        raise ValueError(f"{batches} batches for {n} images: each batch needs at least one image")
+    base, extra = divmod(n, batches)
+    items, offset = [], 0
+    for b in range(batches):
+        count = base + (1 if b < extra else 0)
+        items.append((b, offset, count))
+        offset += count
+    return items

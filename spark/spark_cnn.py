@@ -28,6 +28,7 @@ import numpy as np
 from .cnn import CNN
 from .storage.exchange import clear_run, exchange_config, open_matrix_store
 from .loss import softmax_loss
+from .recipe import split_batches
 from .storage.runs import Heartbeat, remove_dead_runs
 from .spark_context import cancel_and_wait, executor_hosts, located_rdd
 from .tasks import Job, add_results, add_stats, backward_task, forward_task, predict_task
@@ -36,19 +37,6 @@ from .tasks import Job, add_results, add_stats, backward_task, forward_task, pre
 def new_run_id():
     """A name no other run shares: time plus randomness, safe in keys and paths."""
     return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:10]
-
-
-def split_batches(n, batches):
-    """(batch, offset, count) for B batches of n rows whose sizes differ by at most one."""
-    if batches > n:
-        raise ValueError(f"{batches} batches for {n} images: each batch needs at least one image")
-    base, extra = divmod(n, batches)
-    items, offset = [], 0
-    for b in range(batches):
-        count = base + (1 if b < extra else 0)
-        items.append((b, offset, count))
-        offset += count
-    return items
 
 
 class SparkCNN(CNN):

@@ -170,17 +170,20 @@ def test_evaluating_without_saved_parameters_says_so(synthetic_dir, tmp_path):
 
 
 def test_exchange_defaults_by_script_and_picks_the_network_class():
-    from spark.cli import exchange_mode, test_parser, train_parser
-    from spark.spark_context import network_class
+    from spark.cli import test_parser, train_parser
+    from spark.config import exchange_of
+    from spark.trainers import trainer_class
 
     train = train_parser("spark_train.py", distributed=True)
     test = test_parser("locality_test.py", distributed=True, split="test")
-    assert exchange_mode("spark", train.parse_args([])) == "hdfs"
-    assert exchange_mode("locality", test.parse_args([])) == "redis"
-    assert exchange_mode("locality", train.parse_args(["--exchange", "none"])) == "none"
-    assert exchange_mode("spark", test.parse_args(["--exchange", "spark"])) == "spark"
-    assert exchange_mode("naive", train.parse_args(["--exchange", "redis"])) is None
-    assert {mode: network_class(mode).__name__ for mode in ("hdfs", "redis", "spark", "none")} == {
-        "hdfs": "SparkCNN", "redis": "LocalityCNN", "spark": "CachedCNN", "none": "FusedCNN"}
-    assert [network_class(mode).store_kind for mode in ("hdfs", "redis", "spark", "none")] == [
-        "hdfs", "redis", "spark", "none"]
+    assert exchange_of("spark", train.parse_args([]).exchange) == "hdfs"
+    assert exchange_of("locality", test.parse_args([]).exchange) == "redis"
+    assert exchange_of("locality", train.parse_args(["--exchange", "none"]).exchange) == "none"
+    assert exchange_of("spark", test.parse_args(["--exchange", "spark"]).exchange) == "spark"
+    assert exchange_of("naive", train.parse_args(["--exchange", "redis"]).exchange) == "local"
+    modes = ("hdfs", "redis", "spark", "none", "allreduce")
+    assert {mode: trainer_class(mode).__name__ for mode in modes} == {
+        "hdfs": "SparkCNN", "redis": "LocalityCNN", "spark": "CachedCNN", "none": "FusedCNN",
+        "allreduce": "AllReduceCNN"}
+    assert [trainer_class(mode).store_kind for mode in modes] == list(modes)
+    assert trainer_class("local").__name__ == "CNN"

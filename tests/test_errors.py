@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from spark.cli import one_line
+from spark.errors import one_line
 from spark.cnn import CNN
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -341,24 +341,24 @@ def test_sigkill_of_the_spark_driver_then_resume_ends_bit_identical(kind, egg, s
 
 
 def test_spark_batches_come_from_the_checkpoint_unless_given(two_saved):
-    """resolve_run as the Spark trainers use it: [num batches] left out -> the saved run's."""
+    """resolve_config as the Spark trainers use it: [num batches] left out -> the saved run's."""
     import io
 
     from spark.cli import train_parser
     from spark.cnn import CNN
-    from spark.runner import resolve_run
+    from spark.runner import resolve_config
 
     saved = CNN.load(two_saved)
     saved.run_info["batches"] = 3
     parser = train_parser("spark_train.py", distributed=True)
     err = io.StringIO()
-    run = resolve_run(parser.parse_args(["60", "9", "--resume"]), saved, "ck.npz", err)
-    assert (run["batches"], run["images"], run["minibatch"], run["lr"]) == (3, 60, 20, 0.02)
+    run = resolve_config(parser.parse_args(["60", "9", "--resume"]), "spark", saved, "ck.npz", err)
+    assert (run.batches, run.images, run.batch_size, run.lr) == (3, 60, 20, 0.02)
     assert err.getvalue() == ""
-    run = resolve_run(parser.parse_args(["60", "9", "5", "--resume"]), saved, "ck.npz", err)
-    assert run["batches"] == 5
+    run = resolve_config(parser.parse_args(["60", "9", "5", "--resume"]), "spark", saved, "ck.npz",
+                         err)
+    assert run.batches == 5
     assert err.getvalue() == ("note: 5 batches where ck.npz had 3: gradients are summed in "
                               "another order (results differ in rounding)\n")
-    fresh = resolve_run(parser.parse_args([]), None, "ck.npz", err)
-    assert (fresh["batches"], fresh["images"], fresh["minibatch"], fresh["lr"]) == (4, 1000, 1000,
-                                                                                    0.001)
+    fresh = resolve_config(parser.parse_args([]), "spark", None, "ck.npz", err)
+    assert (fresh.batches, fresh.images, fresh.batch_size, fresh.lr) == (4, 1000, 1000, 0.001)

@@ -12,12 +12,13 @@ from spark.memory_cnn import CachedCNN, FusedCNN
 from spark.storage.runs import HDFS_FOLDER, REDIS_PREFIX
 from spark.recipe import batch_indices, draw_augmentation, learning_rate
 from spark.settings import Settings
-from spark.spark_cnn import SparkCNN, split_batches
+from spark.recipe import split_batches
+from spark.spark_cnn import SparkCNN
 from sparkjobs import local_spark
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KINDS = {"spark": SparkCNN, "locality": LocalityCNN}
-# Every --exchange mode: the class spark_context.network_class picks for it.
+# Every two-stage or fused --exchange mode: the class spark.trainers.trainer_class picks.
 EXCHANGES = {"hdfs": SparkCNN, "redis": LocalityCNN, "spark": CachedCNN, "none": FusedCNN}
 
 

@@ -1,4 +1,4 @@
-"""Making the SparkContext and the Spark networks for the entry scripts."""
+"""The SparkContext of a run, and the few things PySpark does not offer itself."""
 import contextlib
 import os
 
@@ -35,6 +35,12 @@ def spark_conf(app_name, debug=False):
         conf.set("spark.scheduler.minRegisteredResourcesRatio", "1.0")
     if not conf.contains("spark.scheduler.maxRegisteredResourcesWaitingTime"):
         conf.set("spark.scheduler.maxRegisteredResourcesWaitingTime", "60s")
+    # A barrier stage (--exchange allreduce) that wants more task slots than
+    # there are: Spark gives up after interval x maxFailures (default 10 minutes).
+    if not conf.contains("spark.scheduler.barrier.maxConcurrentTasksCheck.interval"):
+        conf.set("spark.scheduler.barrier.maxConcurrentTasksCheck.interval", "5s")
+    if not conf.contains("spark.scheduler.barrier.maxConcurrentTasksCheck.maxFailures"):
+        conf.set("spark.scheduler.barrier.maxConcurrentTasksCheck.maxFailures", "12")
     cpus = conf.get("spark.task.cpus", "1")
     for variable in BLAS_THREAD_VARIABLES:
         key = f"spark.executorEnv.{variable}"
@@ -53,42 +59,6 @@ def spark_context(app_name, debug=False):
         yield sc
     finally:
         sc.stop()
-
-
-def network_class(exchange):
-    """The Spark network class of an --exchange mode."""
-    if exchange == "hdfs":
-        from .spark_cnn import SparkCNN
-        return SparkCNN
-    if exchange == "redis":
-        from .locality_cnn import LocalityCNN
-        return LocalityCNN
-    if exchange == "spark":
-        from .memory_cnn import CachedCNN
-        return CachedCNN
-    if exchange == "none":
-        from .memory_cnn import FusedCNN
-        return FusedCNN
-    raise ValueError(f"unknown exchange {exchange!r} (use hdfs, redis, spark or none)")
-
-
-@contextlib.contextmanager
-def spark_network(kind, settings, args, checkpoint=None, **options):
-    """The network of the run's --exchange (SparkCNN, LocalityCNN, CachedCNN or
-    FusedCNN) on a fresh SparkContext; its intermediates are deleted and Spark
-    stopped on the way out, also after a failure. `kind` (the script) names
-    the checkpoint and the application."""
-    from .cli import exchange_mode
-    cls = network_class(exchange_mode(kind, args))
-    with spark_context(f"spark-cnn {kind}", getattr(args, "debug", False)) as sc:
-        extra = dict(sc=sc, settings=settings, batches=args.batches)
-        net = cls.load(checkpoint, **extra, **options) if checkpoint else cls(**extra, **options)
-        try:
-            yield net
-        except BaseException:
-            net.close(quietly=True)
-            raise
-        net.close()
 
 
 def executor_hosts(sc):
@@ -140,3 +110,23 @@ def cancel_and_wait(sc, group, timeout):
             return True
         time.sleep(0.1)
     return False
+
+
+def task_slots(sc):
+    """How many tasks the cluster runs at once now: what a barrier stage may have
+    (Spark's own count, the one its barrier check uses)."""
+    jsc = sc._jsc.sc()
+    return int(jsc.maxNumConcurrentTasks(jsc.resourceProfileManager().defaultResourceProfile()))
+
+
+def task_max_failures(sc):
+    """Spark's spark.task.maxFailures for this master: the attempts a task gets
+    (local[N] allows 1, local[N,F] F, a cluster 4 unless set)."""
+    import re
+
+    match = re.fullmatch(r"local\[(\d+|\*),\s*(\d+)\]", sc.master)
+    if match:
+        return int(match.group(2))
+    if sc.master.startswith("local"):
+        return 1
+    return int(sc.getConf().get("spark.task.maxFailures", "4"))

@@ -1,0 +1,189 @@
+"""The CNN on Spark as one long barrier stage per segment: --exchange allreduce.
+
+The two-stage exchanges start two Spark jobs per iteration (about 0.15-0.2 s
+each here), which minibatch training cannot afford. Here a segment of many
+iterations is one Spark job: `RDD.barrier().mapPartitions` with one task per
+slot (spark.segment), whose tasks sum their gradients among themselves over
+ZeroMQ (spark.allreduce) every iteration, after a rendezvous through the
+driver (spark.coordinator). The driver only starts segments, prints the rows
+rank 0 streams, and, at a segment's end, takes the parameters, velocities and
+metrics rows, checks that every task ended with the same bits, saves and
+evaluates.
+
+Faults. Spark does not retry a failed barrier result stage: it aborts the
+job. The driver runs the segment again from the parameters it holds, up to
+spark.task.maxFailures attempts in all; with the same number of tasks the
+result is bit-identical, and after a lost node the segment runs with the task
+slots left. A task that stalls makes its peers time out
+(SPARK_CNN_IO_TIMEOUT), and the coordinator cancels a segment whose task
+sent nothing for that long.
+"""
+import functools
+import secrets
+import sys
+import time
+
+import numpy as np
+
+from .cnn import Diverged
+from .coordinator import Coordinator
+from .errors import one_line
+from .memory_cnn import InMemoryCNN
+from .segment import SegmentJob, address_towards, segment_task
+from .spark_context import task_max_failures, task_slots
+
+# How long the first segment waits for executors to offer the task slots it needs.
+SLOT_WAIT = 60.0
+
+
+class SegmentError(RuntimeError):
+    """A segment failed on every attempt, or its tasks disagree."""
+
+
+class AllReduceCNN(InMemoryCNN):
+    """SparkCNN whose segments run as one barrier stage each; see the module docstring."""
+
+    store_kind = "allreduce"
+    segmented = True                 # spark.runner: this trainer ends its own segments
+
+    def __init__(self, sc, settings, batches=None, **options):
+        if sc.getConf().get("spark.dynamicAllocation.enabled", "false").lower() == "true":
+            raise SegmentError(
+                "--exchange allreduce runs each segment as one barrier stage, which Spark "
+                "refuses under dynamic allocation: set spark.dynamicAllocation.enabled=false "
+                "(spark-submit --conf)")
+        self.asked = int(batches) if batches else None      # B given on the command line
+        super().__init__(sc, settings, batches or 1, **options)
+        self.batches = self._tasks(first=True)
+        self._data = None                                   # (images, broadcast of (images, labels))
+        self._driver = address_towards(self._driver_host)
+
+    def _tasks(self, first=False):
+        """How many tasks the next segment runs: B if given, else the slots there are.
+
+        The first segment waits up to SLOT_WAIT s for B slots; later ones (after
+        a failure, maybe a lost node) take what is left."""
+        deadline = time.monotonic() + (SLOT_WAIT if first else 0.0)
+        while True:
+            slots = task_slots(self.sc)
+            wanted = self.asked or slots
+            if slots >= max(wanted, 1):
+                return wanted
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
+        if first or slots < 1:
+            raise SegmentError(
+                f"--exchange allreduce needs {wanted} task slots at once, the cluster has "
+                f"{slots}: give fewer batches, or more executors or cores")
+        print(f"spark-cnn: {slots} task slots left of the {wanted} the segments had: going on "
+              f"with {slots} tasks", file=sys.stderr)
+        self.asked = slots
+        return slots
+
+    def _broadcast_data(self, images, labels):
+        if self._data is None or self._data[0] is not images:
+            if self._data is not None:
+                self._data[1].unpersist()
+            self._data = (images, self.sc.broadcast((np.ascontiguousarray(images),
+                                                     np.asarray(labels))))
+        return self._data[1]
+
+    def network_spec(self):
+        return dict(arch=self.arch, input_shape=list(self.input_shape), dtype=self.dtype.name,
+                    exchange_dtype=self.exchange_dtype.name, chunk=self.chunk, lr=self.lr,
+                    momentum=self.momentum, reg=self.reg, label_smoothing=self.label_smoothing,
+                    nesterov=self.nesterov)
+
+    def train_segment(self, images, labels, run, end, on_row=None, progress=None):
+        """Iterations self.iteration .. up to end - 1 as one barrier stage (see
+        CNN.train_segment); the segment may end earlier, after about
+        run.segment_seconds, when the run has no --save-every."""
+        began = time.perf_counter()
+        data_bc = self._broadcast_data(images, labels)
+        attempts = task_max_failures(self.sc)
+        printed = set()
+
+        def live(row):
+            printed.add(row["iteration"])
+            if on_row is not None:
+                on_row(row)
+
+        for attempt in range(1, attempts + 1):
+            if attempt > 1:
+                self.batches = self._tasks()
+            try:
+                results = self._attempt(data_bc, run, end, live)
+                break
+            except SegmentError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a failed barrier stage: Spark does not retry it
+                reason = getattr(e, "segment_reason", None) or one_line(e)
+                if attempt == attempts:
+                    raise SegmentError(
+                        f"the segment from iteration {self.iteration + 1} failed "
+                        f"{attempts} time{'s' * (attempts > 1)} (spark.task.maxFailures); "
+                        f"the last time: {reason}") from None
+                print(f"spark-cnn: the segment from iteration {self.iteration + 1} failed "
+                      f"({reason}); running it again (attempt {attempt + 1} of {attempts})",
+                      file=sys.stderr, flush=True)
+        return self._take(results, began, on_row, printed)
+
+    def _attempt(self, data_bc, run, end, on_row):
+        """One try of a segment -> the tasks' SegmentResults, by rank."""
+        token = secrets.token_bytes(16)
+        state_bc = self.sc.broadcast({"params": self.params(), "velocity": self.velocity})
+        group = f"{self.run_id}-{self.iteration + 1}-segment"
+        timeout = self.exchange.io_timeout
+        coordinator = Coordinator(self._driver, self.batches, token, timeout,
+                                  start_timeout=SLOT_WAIT + timeout, on_row=on_row,
+                                  on_stall=lambda reason: self.sc.cancelJobGroup(group))
+        job = SegmentJob(network=self.network_spec(), run=run, start=self.iteration, end=end,
+                         seconds=None if run.save_every else run.segment_seconds,
+                         size=self.batches, coordinator=coordinator.address, timeout=timeout,
+                         driver_host=self._driver_host, token=token)
+        rdd = (self.sc.parallelize(range(self.batches), self.batches).barrier()
+               .mapPartitions(functools.partial(segment_task, job, data_bc, state_bc)))
+        try:
+            results = self._run_stage("segment", rdd.collect)
+        except Exception as e:
+            if coordinator.failure:
+                e.segment_reason = coordinator.failure
+            raise
+        finally:
+            coordinator.close()
+            state_bc.unpersist()
+        results = sorted(results, key=lambda r: r.rank)
+        if [r.rank for r in results] != list(range(self.batches)):
+            raise SegmentError(f"the segment returned the results of tasks "
+                               f"{[r.rank for r in results]}, expected 0..{self.batches - 1}")
+        return results
+
+    def _take(self, results, began, on_row, printed):
+        """Check the tasks agree, keep rank 0's parameters -> its metrics rows."""
+        first = results[0]
+        if first.diverged:
+            last = first.rows[-1] if first.rows else {"iteration": first.iteration, "loss": "?"}
+            raise Diverged(last["iteration"] - 1, last["loss"])
+        differ = [(r.rank, r.host) for r in results
+                  if (r.iteration, r.digest) != (first.iteration, first.digest)]
+        if differ:
+            raise SegmentError(
+                "the tasks of the segment ended with different parameters (task 0 on "
+                f"{first.host}: iteration {first.iteration}; differing: "
+                + ", ".join(f"task {rank} on {host}" for rank, host in differ)
+                + "): a bug or a faulty machine; the checkpoint keeps the last segment")
+        self.set_params(first.params)
+        for name, v in first.velocity.items():
+            self.velocity[name][...] = v
+        self.iteration = first.iteration
+        self.im2col_backends |= {b for row in first.rows for b in row["im2col"]}
+        elapsed = time.perf_counter() - began
+        start_up = elapsed - (first.rows[-1]["t"] if first.rows else 0.0)
+        hosts = sorted({r.host for r in results})
+        for row in first.rows:
+            row["segment_s"] = start_up + row.pop("t")
+            row["task_hosts"] = hosts
+            if row["iteration"] not in printed and on_row is not None:
+                on_row(row)
+        return first.rows

@@ -62,8 +62,10 @@ class AllReduceCNN(InMemoryCNN):
         """How many tasks the next segment runs: B if given, else the slots there are.
 
         The first segment waits up to SLOT_WAIT s for B slots; later ones (after
-        a failure, maybe a lost node) take what is left."""
-        deadline = time.monotonic() + (SLOT_WAIT if first else 0.0)
+        a failure, maybe a lost node) take what is left. A local master's slots
+        are all there from the start."""
+        wait = SLOT_WAIT if first and not self.sc.master.startswith("local") else 0.0
+        deadline = time.monotonic() + wait
         while True:
             slots = task_slots(self.sc)
             wanted = self.asked or slots
@@ -80,6 +82,10 @@ class AllReduceCNN(InMemoryCNN):
               f"with {slots} tasks", file=sys.stderr)
         self.asked = slots
         return slots
+
+    def loss_and_gradients(self, *args, **kwargs):
+        raise TypeError("--exchange allreduce trains whole segments (train_segment); "
+                        "it has no separate loss and gradients stage")
 
     def _broadcast_data(self, images, labels):
         if self._data is None or self._data[0] is not images:

@@ -362,3 +362,72 @@ def test_spark_batches_come_from_the_checkpoint_unless_given(two_saved):
                               "another order (results differ in rounding)\n")
     fresh = resolve_config(parser.parse_args([]), "spark", None, "ck.npz", err)
     assert (fresh.batches, fresh.images, fresh.batch_size, fresh.lr) == (4, 1000, 1000, 0.001)
+
+
+def test_sigkill_of_an_allreduce_driver_then_resume_ends_bit_identical(egg, synthetic_dir,
+                                                                      tmp_path):
+    """--exchange allreduce saves at every segment's end (here every 4 iterations):
+    a driver killed mid-run resumes from the last segment and ends bit-identical."""
+    env = dict(os.environ, SPARK_CNN_DATA_DIR=synthetic_dir, PYSPARK_PYTHON=sys.executable,
+               PYSPARK_DRIVER_PYTHON=sys.executable, XDG_CACHE_HOME=str(tmp_path / "cache"),
+               SPARK_LOCAL_IP=os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"))
+    env.pop("PYTHONPATH", None)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    total = 60
+    args = [400, total, 2, "--minibatch", 100, "--exchange", "allreduce", "--save-every", 4,
+            "--augment", "--schedule", "cosine"]
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    at_kill = kill_when_saved(
+        submit_command(egg, "locality_train.py", args + ["--params-dir", killed]),
+        killed / "locality.npz", 8, env, work, tmp_path / "killed.log")
+    assert 8 <= at_kill < total and at_kill % 4 == 0
+    resumed = subprocess.run(submit_command(egg, "locality_train.py",
+                                            args + ["--params-dir", killed, "--resume"]),
+                             env=env, cwd=work, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-4000:]
+    assert f"from iteration {at_kill} to {total}" in resumed.stdout
+    # the killed driver's lock (Spark's PythonRunner sends the driver's stderr to stdout)
+    assert "note: took over" in resumed.stdout
+    straight = subprocess.run(submit_command(egg, "locality_train.py",
+                                             args + ["--params-dir", whole]),
+                              env=env, cwd=work, capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, straight.stdout[-2000:] + straight.stderr[-4000:]
+    assert_same_parameters(killed / "locality.npz", whole / "locality.npz")
+    assert sorted(os.listdir(killed)) == ["locality.npz"]
+    print(f"allreduce: killed at iteration {at_kill} of {total}")
+
+
+def test_a_second_run_into_the_same_checkpoint_is_refused(synthetic_dir, tmp_path):
+    """While a run trains, another run into its checkpoint (a --resume started twice,
+    another seed into the same --params-dir) is refused in one line naming the first;
+    the lock a SIGKILLed run leaves is taken over with a note."""
+    params = tmp_path / "params"
+    args = [400, 100000, "--minibatch", 100, "--data-dir", synthetic_dir, "--params-dir", params]
+    first = subprocess.Popen([sys.executable, os.path.join(ROOT, "naive_train.py"),
+                              *map(str, args), "--seed", "1"], env=dict(os.environ, PYTHONPATH=ROOT),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while saved_iteration(params / "naive.npz") < 1:
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        before = (params / "naive.npz").stat().st_mtime_ns
+        second = run_script("naive_train.py", *args, "--seed", "2")
+        assert second.returncode == 1, second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in second.stderr, lines
+        assert lines[0].startswith(f"naive_train.py: error: {params / 'naive.npz'} is in use by "
+                                   f"another run (pid {first.pid} on host "), lines
+        assert "iteration 1:" not in second.stdout
+        assert first.poll() is None                              # the first one goes on
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+    assert (params / "naive.npz.lock").exists()                  # a SIGKILL leaves it
+    assert (params / "naive.npz").stat().st_mtime_ns >= before
+    third = run_script("naive_train.py", 400, 3, "--minibatch", 100, "--data-dir", synthetic_dir,
+                       "--params-dir", params, "--seed", "3")
+    assert third.returncode == 0, third.stderr
+    assert f"note: took over {params / 'naive.npz.lock'}, left by pid {first.pid}" in third.stderr
+    assert sorted(os.listdir(params)) == ["naive.npz"]

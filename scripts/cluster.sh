@@ -783,6 +783,7 @@ cmd_submit() {
     exec ip netns exec "$(ns_name 1)" env "${envs[@]}" \
         "SPARK_LOCAL_IP=$MASTER_IP" "SPARK_LOCAL_HOSTNAME=$MASTER_IP" \
         "PYSPARK_PYTHON=$PY_EXE" "PYSPARK_DRIVER_PYTHON=$PY_EXE" \
+        "SPARK_CONF_DIR=${SPARK_CONF_DIR:-$PROJECT_ROOT/conf}" \
         "$SPARK_HOME/bin/spark-submit" --master "$master" \
         --executor-memory "$EXECUTOR_MEMORY" --py-files "$egg" "${confs[@]}" "$@"
 }

@@ -35,6 +35,7 @@ EGG=$(ls dist/spark_cnn-*.egg | tail -n 1)
 export PYSPARK_PYTHON=${PYSPARK_PYTHON:-$(command -v "$PYTHON")}
 export PYSPARK_DRIVER_PYTHON=${PYSPARK_DRIVER_PYTHON:-$PYSPARK_PYTHON}
 case "$MASTER" in local*) export SPARK_LOCAL_IP=${SPARK_LOCAL_IP:-127.0.0.1} ;; esac   # loopback only
+export SPARK_CONF_DIR=${SPARK_CONF_DIR:-$PWD/conf}    # Spark quiet but for our lines (conf/log4j2.properties)
 
 echo "quickstart: training on $IMAGES images of $SPARK_CNN_DATA_DIR, $ITERATIONS iterations of $MINIBATCH images, $BATCHES batches, master $MASTER" >&2
 "$SUBMIT" --master "$MASTER" --py-files "$EGG" \

@@ -12,4 +12,5 @@ if ! bash scripts/services.sh status >/dev/null 2>&1; then
 fi
 eval "$(bash scripts/services.sh start)"
 export SPARK_LOCAL_IP=${SPARK_LOCAL_IP:-127.0.0.1}   # Spark on loopback only
+export SPARK_CONF_DIR=${SPARK_CONF_DIR:-$PWD/conf}    # conf/log4j2.properties
 "${PYTHON:-python3}" -m pytest "$@"

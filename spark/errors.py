@@ -73,6 +73,26 @@ def _java_error(lines):
     return name, _java_message(message) or message
 
 
+_JVM_OUT_OF_MEMORY = re.compile(r"OutOfMemoryError|exit code:? 52\b|exitCode=52\b|"
+                                r"exited with code 52\b", re.I)
+_PYTHON_OUT_OF_MEMORY = re.compile(r"^MemoryError\b|\bMemoryError\b.*in a Spark task", re.M)
+
+
+def memory_hint(text, line):
+    """What to raise when `text` (a failure's whole text) says something ran out of
+    memory, else "". line: the one line already made of it."""
+    if _JVM_OUT_OF_MEMORY.search(text):
+        return ("; Spark's JVM ran out of memory: raise spark-submit --driver-memory (local "
+                "master) or --executor-memory (a cluster's executors)")
+    if "in a Spark task" in line and _PYTHON_OUT_OF_MEMORY.search(text):
+        return ("; a Python worker ran out of memory: raise spark.executor.pyspark.memory if it "
+                "is set, or give the executors more memory (fewer cores per executor, more and "
+                "smaller batches)")
+    if line.startswith("MemoryError"):
+        return ": out of memory (fewer images, or a smaller --minibatch)"
+    return ""
+
+
 def one_line(error):
     """A failure in one line, for people.
 
@@ -86,6 +106,11 @@ def one_line(error):
     except Exception:  # noqa: BLE001 - a Py4J error asks the JVM for its text; it may be gone
         return (f"a Spark call failed and Spark's JVM cannot say why any more "
                 f"({type(error).__name__}; it has probably stopped)")
+    line = _one_line(text)
+    return line + memory_hint(text, line)
+
+
+def _one_line(text):
     lines = text.splitlines()
     if len(lines) == 1:
         return text

@@ -1,8 +1,10 @@
 """The CNN on Spark with no matrix store: the `spark` and `none` exchanges.
 
 - `spark` (`CachedCNN`): the forward stage is an RDD with one partition per
-  batch, mapped by `kept_forward_task` and persisted, so each batch's caches
-  stay in Spark's block manager on the executor that computed them. The
+  batch, mapped by `kept_forward_task` into one element per chunk of images
+  (`KeptChunk`, a few MB, so Spark can spill a partition that does not fit
+  to disk element by element) and persisted, so each batch's caches stay in
+  Spark's block manager on the executor that computed them. The
   forward tasks send the driver only their scores, through an accumulator
   (the caches never leave the executors); the driver computes the loss
   gradient and broadcasts it; the
@@ -89,7 +91,8 @@ class CachedCNN(InMemoryCNN):
             self._scores = self.sc.accumulator({}, ScoresByBatch())
         self._scores.value = {}
         kept = (self.sc.parallelize(items, len(items))
-                .map(functools.partial(kept_forward_task, job, images_bc, state_bc, self._scores))
+                .mapPartitions(functools.partial(kept_forward_task, job, images_bc, state_bc,
+                                                 self._scores))
                 .persist(self.storage_level))
         dscores_bc = None
         try:
@@ -106,7 +109,7 @@ class CachedCNN(InMemoryCNN):
             t2 = time.perf_counter()
             dscores_bc = self.sc.broadcast(dscores)
             t3 = time.perf_counter()
-            backward = self._run_stage("backward", lambda: kept.map(functools.partial(
+            backward = self._run_stage("backward", lambda: kept.mapPartitions(functools.partial(
                 kept_backward_task, job, images_bc, state_bc, dscores_bc)).reduce(add_results))
             t4 = time.perf_counter()
         finally:

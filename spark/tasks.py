@@ -288,13 +288,16 @@ def add_results(a, b):
 # ----- exchanges without a store: `spark` (Spark's block manager) and `none` -----
 
 @dataclass
-class KeptBatch:
-    """One batch's forward pass, kept by Spark as the element of a persisted RDD."""
+class KeptChunk:
+    """Up to `chunk` images of a batch's forward pass, kept by Spark as one element of
+    a persisted RDD. Small elements let Spark spill a partition to disk piece by piece
+    instead of holding a batch's caches (tens to hundreds of MB) as one array."""
 
     batch: int
-    offset: int              # rows offset..offset+count of the iteration's index
-    count: int
-    caches: list             # one dict per layer, arrays (count, ...); the network input left out
+    offset: int              # the batch is rows offset.. of the iteration's index
+    start: int               # this chunk is rows start..stop of the batch
+    stop: int
+    caches: list             # one dict per layer, arrays (stop - start, ...); the input left out
     inputs: list             # (layer, cache name) entries that held the network input
     stage: int               # the Spark stage that computed it: the backward one if recomputed
 
@@ -341,31 +344,58 @@ def _cache_bytes(caches):
     return sum(a.nbytes for cache in caches for a in cache.values())
 
 
-def kept_forward_task(job, images_bc, state_bc, scores_acc, item):
-    """item: (batch, offset, count) -> KeptBatch, persisted by Spark (and
-    recomputed by this same function when a block is lost); its BatchScores
-    go to the driver through `scores_acc` (a ScoresByBatch accumulator)."""
-    batch, offset, count = item
-    started = time.perf_counter()
-    state, net, index, augment = _open_batch(job, state_bc, offset, count)
-    scores, caches, inputs = _forward_chunks(net, images_bc.value, index, augment)
-    stats = {"task_forward_s": time.perf_counter() - started, "store_bytes": _cache_bytes(caches),
-             "im2col": [im2col.backend()]}
-    scores_acc.add({batch: BatchScores(batch, scores, stats)})
-    return KeptBatch(batch, offset, count, caches, [list(e) for e in inputs], _stage_id())
+def kept_forward_task(job, images_bc, state_bc, scores_acc, items):
+    """mapPartitions over [(batch, offset, count)] -> a KeptChunk per chunk of the batch,
+    persisted by Spark (and recomputed by this same function when a block is lost);
+    the batch's BatchScores go to the driver through `scores_acc` (a ScoresByBatch
+    accumulator) once its last chunk is out."""
+    for batch, offset, count in items:
+        started = time.perf_counter()
+        state, net, index, augment = _open_batch(job, state_bc, offset, count)
+        stage, kept_bytes, scores = _stage_id(), 0, None
+        for rows in chunk_slices(count, net.chunk):
+            x = batch_input(images_bc.value, index, rows, augment, net.dtype)  # (n_chunk, H, W, C)
+            chunk_scores, caches = net.forward_kept(x)
+            if scores is None:
+                scores = np.empty((count,) + chunk_scores.shape[1:], chunk_scores.dtype)
+            scores[rows] = chunk_scores
+            inputs = [[layer, name] for layer, cache in enumerate(caches)
+                      for name, array in cache.items() if array is x]
+            for layer, name in inputs:
+                del caches[layer][name]
+            kept_bytes += _cache_bytes(caches)
+            yield KeptChunk(batch, offset, rows.start, rows.stop, caches, inputs, stage)
+        stats = {"task_forward_s": time.perf_counter() - started, "store_bytes": kept_bytes,
+                 "im2col": [im2col.backend()]}
+        scores_acc.add({batch: BatchScores(batch, scores, stats)})
 
 
-def kept_backward_task(job, images_bc, state_bc, dscores_bc, kept):
-    """Backward pass of a KeptBatch -> BackwardResult."""
-    started = time.perf_counter()
-    state, net, index, augment = _open_batch(job, state_bc, kept.offset, kept.count)
-    dscores = dscores_bc.value[kept.offset:kept.offset + kept.count]
-    grads = _backward_chunks(net, images_bc.value, index, augment, dscores, kept.caches,
-                             kept.inputs)
+def kept_backward_task(job, images_bc, state_bc, dscores_bc, chunks):
+    """mapPartitions over one batch's KeptChunks -> [BackwardResult]."""
+    grads, started, recomputed, stage = None, time.perf_counter(), 0, _stage_id()
+    for kept in chunks:
+        state, net, index, augment = _open_batch(job, state_bc, kept.offset,
+                                                 kept.stop)            # rows 0..stop of the batch
+        rows = slice(kept.start, kept.stop)
+        chunk_caches = kept.caches
+        if kept.inputs:
+            x = batch_input(images_bc.value, index, rows, augment, net.dtype)
+            for layer, name in kept.inputs:
+                chunk_caches[layer][name] = x
+        dscores = dscores_bc.value[kept.offset + kept.start:kept.offset + kept.stop]
+        chunk_grads = net.backward(dscores, chunk_caches)
+        if grads is None:
+            grads = chunk_grads
+        else:
+            for name, g in chunk_grads.items():
+                grads[name] += g
+        recomputed = recomputed or int(kept.stage == stage)      # made in this very stage
+    if grads is None:
+        return
     stats = {"task_backward_s": time.perf_counter() - started, "im2col": [im2col.backend()],
-             "recomputed_batches": int(kept.stage == _stage_id()),   # made in this very stage
+             "recomputed_batches": recomputed,
              "backward_hosts": list(node_names(job.driver_host)[:1])}
-    return BackwardResult(grads, stats)
+    yield BackwardResult(grads, stats)
 
 
 def fused_task(job, images_bc, state_bc, item):

@@ -7,6 +7,7 @@ that wants a password, a Redis down at the start, spark-submit's --master.
 """
 import os
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -22,7 +23,7 @@ from spark.settings import Settings
 from spark.spark_cnn import SparkCNN
 from spark.spark_context import group_stages
 from sparkjobs import (ROOT, RedisServer, job_env, kill_group, local_spark, start_submit, submit,
-                       wait_for)
+                       submit_command, wait_for)
 
 KINDS = {"spark": SparkCNN, "locality": LocalityCNN, "spark-exchange": CachedCNN}
 
@@ -468,3 +469,41 @@ def test_a_stalled_datanode_is_not_waited_for_twice_in_a_row(hdfs_settings):
     finally:
         os.kill(datanode, signal.SIGCONT)
         store.delete_all()
+
+
+def test_a_python_worker_out_of_memory_is_one_line_saying_what_to_raise(egg, synthetic_dir,
+                                                                       service_env, tmp_path):
+    """spark.executor.pyspark.memory caps the Python workers: a batch too big for it
+    fails with a real MemoryError, reported in one line with the setting to raise."""
+    env = job_env(service_env, tmp_path, synthetic_dir)
+    command = submit_command(egg, "locality_train.py", [2000, 1, 1, "--exchange", "none"])
+    command[1:1] = ["--conf", "spark.executor.pyspark.memory=150m"]
+    result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 1
+    line = one_error_line(result, "locality_train.py")
+    assert "MemoryError in a Spark task" in line and "raise spark.executor.pyspark.memory" in line
+    assert not (tmp_path / "params" / "locality.npz").exists()
+
+
+def test_spark_jvm_out_of_memory_ends_with_one_line_from_conf(tmp_path):
+    """When Spark's JVM runs out of memory it exits (code 52) and the Python driver's
+    output, which goes through it, is cut off: conf/log4j2.properties makes the JVM's
+    last word one line naming the setting to raise. A task result larger than the
+    driver's heap does it here."""
+    script = tmp_path / "big_result.py"
+    script.write_text("from pyspark import SparkContext\n"
+                      "sc = SparkContext.getOrCreate()\n"
+                      "sc.parallelize([0], 1).map(lambda _: b'x' * (400 << 20)).collect()\n")
+    env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", SPARK_CONF_DIR=os.path.join(ROOT, "conf"))
+    command = submit_command(None, str(script), [])
+    command = [word for word in command if word not in ("--py-files", None)]
+    command[1:1] = ["--driver-memory", "450m"]
+    result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 52, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("spark-cnn: error:")]
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert "Spark's JVM stopped: Java heap space" in lines[0]
+    assert "raise spark-submit --driver-memory" in lines[0]
+    assert "INFO" not in result.stderr and "Using Spark's default log4j profile" not in result.stderr

@@ -26,7 +26,7 @@ import uuid
 import numpy as np
 
 from .cnn import CNN
-from .storage.exchange import clear_run, exchange_config, open_matrix_store
+from .storage.exchange import clear_run, exchange_config, note_stalls, open_matrix_store
 from .loss import softmax_loss
 from .recipe import split_batches
 from .storage.runs import Heartbeat, remove_dead_runs
@@ -96,7 +96,8 @@ class SparkCNN(CNN):
                                    f"{stage}", interruptOnCancel=True)
         try:
             return action()
-        except BaseException:
+        except BaseException as e:
+            note_stalls(str(e), self.exchange.io_timeout)     # the clean-up skips them
             cancel_and_wait(self.sc, group, 2 * self.exchange.io_timeout)
             raise
 

@@ -101,16 +101,22 @@ def free_port():
 
 
 class RedisServer:
-    """A redis-server of our own on a free loopback port (optionally with a password)."""
+    """A redis-server of our own on a free loopback port (optionally with a password).
 
-    def __init__(self, folder, password=None):
+    With `socket`, it also listens on a unix socket: `addresses` is then the
+    list scripts/services.sh exports, one server under two addresses."""
+
+    def __init__(self, folder, password=None, socket=False):
         self.port, self.password = free_port(), password
         self.address = f"127.0.0.1:{self.port}"
         os.makedirs(folder, exist_ok=True)
         config = os.path.join(folder, "redis.conf")
+        unix = os.path.join(folder, "redis.sock")
+        self.addresses = f"unix://{unix},{self.address}" if socket else self.address
         with open(os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write(f"bind 127.0.0.1\nport {self.port}\nsave \"\"\nappendonly no\n"
-                    f"dir {folder}\n" + (f"requirepass {password}\n" if password else ""))
+                    f"dir {folder}\n" + (f"requirepass {password}\n" if password else "")
+                    + (f"unixsocket {unix}\nunixsocketperm 700\n" if socket else ""))
         server = shutil.which("redis-server")
         assert server, "redis-server is not installed (scripts/services.sh installs it)"
         self.proc = subprocess.Popen([server, config], stdout=subprocess.DEVNULL,

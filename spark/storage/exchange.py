@@ -9,9 +9,11 @@ Redis or an HDFS never collide, and `clear_run` removes all of a run.
 import functools
 import ipaddress
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 
+from . import hdfs_store as _hdfs, redis_store as _redis
 from .hdfs_store import HdfsStore
 from .redis_store import RedisStore, parse_redis_addresses
 from .store import DEFAULT_TIMEOUT
@@ -107,3 +109,17 @@ def exchange_config(kind, run_id, settings):
 def clear_run(config):
     """Delete every matrix of the run (idempotent)."""
     open_matrix_store(config).delete_all()
+
+
+_REDIS_STALL = re.compile(r"Redis at (\S+) did not answer within")
+_HDFS_STALL = re.compile(r"(?:HDFS DataNode at|NameNode's WebHDFS at \w+://)([\w.\-\[\]:]+) did not "
+                         r"answer within")
+
+
+def note_stalls(text, seconds):
+    """Remember the servers a failed Spark task's error says stalled (Redis or WebHDFS),
+    so that this process's clean-up skips them instead of waiting for each again."""
+    for address in _REDIS_STALL.findall(text):
+        _redis.remember_stalled(address, seconds)
+    for server in _HDFS_STALL.findall(text):
+        _hdfs.remember_stalled(server, seconds)

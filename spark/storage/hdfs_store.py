@@ -41,6 +41,11 @@ def _hdfs_client(url: str, user: str, timeout: float):
     return client
 
 
+def remember_stalled(server: str, seconds: float) -> None:
+    """Count a WebHDFS server (host:port) as stalled for ``seconds`` (see redis_store's)."""
+    _STALLED.remember(server, seconds)
+
+
 def _stall_aware_session(timeout: float):
     """A requests session for WebHDFS calls that remembers a server (NameNode or
     DataNode) that did not answer within ``timeout`` and, during the next

@@ -85,8 +85,22 @@ _REC = struct.Struct("<4sBBHIQ16s")  # magic, version, flags, reserved, nchunks,
 _REC_MAGIC = b"SCNR"
 
 
-# Redis addresses that timed out moments ago
+# Redis servers that timed out moments ago, by server (see _server_of)
 _STALLED = StallMemory()
+# address -> the server's run_id: one server may be listed under several
+# addresses (a unix socket and a TCP port, say); a stall of one is a stall of all
+_SERVER_IDS: dict[str, str] = {}
+
+
+def _server_of(address: str) -> str:
+    """The server behind an address, as far as this process knows it."""
+    return _SERVER_IDS.get(address, address)
+
+
+def remember_stalled(address: str, seconds: float) -> None:
+    """Count the Redis server at ``address`` (all its addresses) as stalled for ``seconds``:
+    for what a Spark task found out, so that the driver's clean-up does not wait for it."""
+    _STALLED.remember(_server_of(address), seconds)
 
 
 def _redis_client(address: str, password: str | None = None, timeout: float = DEFAULT_TIMEOUT):
@@ -214,7 +228,7 @@ class RedisStore(ArrayStore):
         redis-py timeout), so that the clean-up after a stalled server costs no
         further timeouts.
         """
-        if _STALLED.stalled(address):
+        if _STALLED.stalled(_server_of(address)):
             import redis
             raise redis.exceptions.TimeoutError(f"Redis at {address} did not answer moments ago")
         return _redis_client(address, self._password, self.timeout)
@@ -235,7 +249,7 @@ class RedisStore(ArrayStore):
                     "check SPARK_CNN_REDIS_PASSWORD / SPARK_CNN_REDIS_PASSWORD_FILE")
             return StoreAuthError(f"Redis at {address}: {auth}; {hint}")
         if _is_timeout(exc):
-            _STALLED.remember(address, self.timeout)
+            _STALLED.remember(_server_of(address), self.timeout)
             return StoreTimeoutError(
                 f"Redis at {address} did not answer within {self.timeout:g} s "
                 "(stalled or overloaded?; SPARK_CNN_IO_TIMEOUT sets the limit)")
@@ -418,12 +432,19 @@ class RedisStore(ArrayStore):
         return sorted(found)
 
     def check(self) -> None:
-        """PING every server; raise the error of the first that does not answer properly."""
+        """PING every server; raise the error of the first that does not answer properly.
+
+        Also learns which addresses lead to the same server (its run_id), so that
+        a stall seen on one of them is not waited for again on another."""
         for address in self.addresses:
             try:
-                self.client(address).ping()
+                client = self.client(address)
+                client.ping()
+                _SERVER_IDS[address] = "redis:" + str(client.info("server")["run_id"])
             except _redis_errors() as e:
                 raise self._unavailable(address, e) from None
+            except (KeyError, TypeError):
+                pass                                   # a server that does not say: by address
 
     def namespaces(self) -> set[str]:
         """Names of every namespace with keys on a reachable server (for clean-up of dead runs)."""

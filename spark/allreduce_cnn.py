@@ -19,6 +19,7 @@ slots left. A task that stalls makes its peers time out
 sent nothing for that long.
 """
 import functools
+import re
 import secrets
 import sys
 import time
@@ -32,8 +33,19 @@ from .memory_cnn import InMemoryCNN
 from .segment import SegmentJob, address_towards, segment_task
 from .spark_context import task_max_failures, task_slots
 
-# How long the first segment waits for executors to offer the task slots it needs.
-SLOT_WAIT = 60.0
+# How long the first segment waits for executors to offer the task slots it needs,
+# and (B left out) for how long the slots must stop growing to count as all there.
+SLOT_WAIT, SLOTS_SETTLE = 60.0, 5.0
+
+
+_BARRIER_FAILED = re.compile(r"Could not recover from a failed barrier ResultStage.*?barrier task "
+                             r"(.+?) finished unsuccessfully\.?")
+
+
+def _reason(line):
+    """Spark's words for a failed barrier stage, made plain."""
+    return _BARRIER_FAILED.sub(r"its task \1 did not finish (its Python worker or executor was "
+                               r"lost?)", line)
 
 
 class SegmentError(RuntimeError):
@@ -61,25 +73,30 @@ class AllReduceCNN(InMemoryCNN):
     def _tasks(self, first=False):
         """How many tasks the next segment runs: B if given, else the slots there are.
 
-        The first segment waits up to SLOT_WAIT s for B slots; later ones (after
-        a failure, maybe a lost node) take what is left. A local master's slots
-        are all there from the start."""
-        wait = SLOT_WAIT if first and not self.sc.master.startswith("local") else 0.0
-        deadline = time.monotonic() + wait
-        while True:
-            slots = task_slots(self.sc)
-            wanted = self.asked or slots
-            if slots >= max(wanted, 1):
-                return wanted
-            if time.monotonic() >= deadline:
+        The first segment waits (up to SLOT_WAIT s) for executors to register:
+        for B slots when B is given, else until the slots stop changing for
+        SLOTS_SETTLE s. A segment run again after a failure (maybe a lost node)
+        waits until Spark's count of slots has settled the same way, and takes
+        what is left. A local master's slots are all there from the start."""
+        local = self.sc.master.startswith("local")
+        deadline = time.monotonic() + (0.0 if local else SLOT_WAIT if first else SLOTS_SETTLE * 3)
+        slots, grown = task_slots(self.sc), time.monotonic()
+        while time.monotonic() < deadline:
+            if first and self.asked and slots >= self.asked:
                 break
+            if (not self.asked or not first) and slots and time.monotonic() - grown >= SLOTS_SETTLE:
+                break                     # no change for a while: all there (or all gone)
             time.sleep(0.5)
+            now = task_slots(self.sc)
+            if now != slots:
+                slots, grown = now, time.monotonic()
+        wanted = self.asked or slots
+        if slots >= max(wanted, 1):
+            return wanted
         if first or slots < 1:
             raise SegmentError(
                 f"--exchange allreduce needs {wanted} task slots at once, the cluster has "
                 f"{slots}: give fewer batches, or more executors or cores")
-        print(f"spark-cnn: {slots} task slots left of the {wanted} the segments had: going on "
-              f"with {slots} tasks", file=sys.stderr)
         self.asked = slots
         return slots
 
@@ -117,14 +134,18 @@ class AllReduceCNN(InMemoryCNN):
 
         for attempt in range(1, attempts + 1):
             if attempt > 1:
-                self.batches = self._tasks()
+                tasks = self._tasks()
+                if tasks < self.batches:
+                    print(f"spark-cnn: {tasks} task slots left of the {self.batches} the segments "
+                          f"had: going on with {tasks} tasks", file=sys.stderr, flush=True)
+                self.batches = tasks
             try:
                 results = self._attempt(data_bc, run, end, live)
                 break
             except SegmentError:
                 raise
             except Exception as e:  # noqa: BLE001 - a failed barrier stage: Spark does not retry it
-                reason = getattr(e, "segment_reason", None) or one_line(e)
+                reason = getattr(e, "segment_reason", None) or _reason(one_line(e))
                 if attempt == attempts:
                     raise SegmentError(
                         f"the segment from iteration {self.iteration + 1} failed "

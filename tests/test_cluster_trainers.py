@@ -180,3 +180,66 @@ def _cluster_logs():
             if name.endswith((".log", ".out")) or name in ("stdout", "stderr"):
                 found.append(os.path.join(dirpath, name))
     return found
+
+
+def allreduce_args(tmp_path, synthetic_dir, iterations=ITERATIONS, *extra):
+    metrics = tmp_path / "allreduce.jsonl"
+    env = {"SPARK_CNN_DATA_DIR": synthetic_dir, "SPARK_CNN_PARAMS_DIR": str(tmp_path / "params")}
+    # no [num batches]: one task per slot of the cluster (3 nodes of 1 core)
+    args = [IMAGES, iterations, "--seed", 3, "--metrics", metrics, "--exchange", "allreduce",
+            *extra]
+    return metrics, args, env
+
+
+def test_cluster_allreduce_equals_naive_with_a_task_on_every_node(cluster, naive_run,
+                                                                  synthetic_dir, tmp_path):
+    cluster.up()
+    metrics, args, env = allreduce_args(tmp_path, synthetic_dir)
+    result = cluster.submit(os.path.join(ROOT, "locality_train.py"), *args, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    records = read_metrics(metrics)
+    np.testing.assert_allclose([r["loss"] for r in records], [r["loss"] for r in naive_run],
+                               rtol=1e-5)
+    for r in records:
+        assert r["tasks"] == 3 and r["exchange"] == "allreduce"
+        assert r["task_hosts"] == node_ips(cluster)        # one task on every node
+
+
+def test_cluster_allreduce_survives_a_lost_node_with_fewer_tasks(cluster, synthetic_dir,
+                                                                 tmp_path):
+    """kill-node 3 in the middle of a segment: the segment runs again on the two
+    nodes left, and the run ends within 1e-5 of one that lost nothing."""
+    cluster.up()
+    iterations = 60
+    extra = ("--minibatch", 100, "--save-every", 20)
+    _, args, env = allreduce_args(tmp_path / "ref", synthetic_dir, iterations, *extra)
+    result = cluster.submit(os.path.join(ROOT, "locality_train.py"), *args, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    expected = load_params(tmp_path / "ref" / "params" / "locality.npz")
+
+    metrics, args, env = allreduce_args(tmp_path, synthetic_dir, iterations, *extra)
+    command = ["bash", os.path.join(ROOT, "scripts", "cluster.sh"), "submit",
+               os.path.join(ROOT, "locality_train.py"), *map(str, args)]
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SPARK_CNN_")}
+    log_path = tmp_path / "log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(command, env={**base, **env}, stdout=log,
+                                stderr=subprocess.STDOUT)
+        try:
+            # the second segment has begun: rows of iteration 25 are printed as they come
+            wait_for(lambda: "iteration 25:" in log_path.read_text(), 300,
+                     "iteration 25 of the second segment", interval=0.05)
+            cluster.kill_node(3)
+            assert proc.wait(timeout=600) == 0, log_path.read_text()[-4000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    output = log_path.read_text()
+    assert "running it again" in output and "going on with 2 tasks" in output, output[-4000:]
+    records = read_metrics(metrics)
+    assert [r["iteration"] for r in records] == list(range(1, iterations + 1))
+    assert {r["tasks"] for r in records[:20]} == {3} and {r["tasks"] for r in records[20:]} == {2}
+    params = load_params(tmp_path / "params" / "locality.npz")
+    for name, value in expected.items():
+        assert relative_difference(params[name], value) < 1e-5, name
+    cluster.up()                                     # heal node 3 for the tests that follow

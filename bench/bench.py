@@ -92,6 +92,7 @@ def run_script(script, arguments, args, distributed, spark_conf=()):
     else:
         command = [sys.executable, path] + arguments
     env = dict(os.environ, PYTHONPATH="" if distributed else ROOT,
+               SPARK_CONF_DIR=os.environ.get("SPARK_CONF_DIR", os.path.join(ROOT, "conf")),
                SPARK_LOCAL_IP=os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
                PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
     result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
@@ -291,41 +292,58 @@ def torch_recipe(args):
 
 # The rows of `compare`: (label, entry script kind, --exchange)
 COMPARED = (("local", "naive", None), ("hdfs", "spark", "hdfs"), ("redis", "locality", "redis"),
-            ("spark", "locality", "spark"), ("none", "locality", "none"))
+            ("spark", "locality", "spark"), ("none", "locality", "none"),
+            ("allreduce", "locality", "allreduce"))
 FIXED_COST_IMAGES = 8
 
 
 def compare(args):
-    """The local trainer and the four exchanges at N images, then the fixed cost of
+    """The local trainer and the --exchange modes at N images, then the fixed cost of
     an iteration of each exchange (its time at N = 8, where the work is nil)."""
+    modes = set(filter(None, args.modes.split(","))) | {"local"}
     rows = []
     for label, kind, exchange in COMPARED:
+        if label not in modes:
+            continue
         extra = (["--exchange", exchange] if exchange else []) + [
             "--exchange-dtype", args.exchange_dtype]
-        batches = args.batches if exchange else None
-        records = run_trainer(kind, args.images, args.iterations, args, batches, extra)
+        # allreduce: one task per slot (no [num batches]); one segment for the whole run
+        batches = args.batches if exchange not in (None, "allreduce") else None
+        if exchange == "allreduce":
+            extra += ["--segment-seconds", "3600"]
+        sized = extra + (["--minibatch", str(args.minibatch)] if args.minibatch else [])
+        records = run_trainer(kind, args.images, args.iterations, args, batches, sized)
         fixed = (steady_iteration_time(run_trainer(kind, FIXED_COST_IMAGES, args.iterations,
                                                    args, batches, extra))
                  if exchange else 0.0)
-        rows.append((label, records, steady_iteration_time(records), fixed))
+        start = records[0]["wall_s"] - iteration_time(records[0]) if exchange == "allreduce" else 0
+        rows.append((label, records, steady_iteration_time(records), fixed, start))
     base = rows[0][2]
-    print(f"N={args.images} I={args.iterations} B={args.batches} master={args.master} "
-          f"--exchange-dtype {args.exchange_dtype}; medians over iterations 2..I, seconds")
-    print(f"{'mode':6s} {'iteration':>9s} {'x local':>7s} {'forward':>8s} {'backward':>8s} "
-          f"{'write':>6s} {'read':>6s} {'bcast':>6s} {'KB/image':>8s} {'fixed':>6s} {'loss':>7s}")
-    for label, records, t, fixed in rows:
-        per_image = steady(records, "store_bytes") / args.images / 1000 if label != "local" else 0.0
-        print(f"{label:6s} {t:9.2f} {t / base:7.2f} {steady(records, 'forward_s'):8.2f} "
-              f"{steady(records, 'backward_s'):8.2f} {steady(records, 'store_write_s'):6.2f} "
-              f"{steady(records, 'store_read_s'):6.2f} {steady(records, 'broadcast_s'):6.2f} "
-              f"{per_image:8.1f} {fixed:6.2f} {records[-1]['loss']:7.4f}")
+    print(f"N={args.images} I={args.iterations} M={args.minibatch or args.images} "
+          f"B={args.batches} (allreduce: the {rows[-1][1][0].get('tasks', '?')} slots) "
+          f"master={args.master} --exchange-dtype {args.exchange_dtype}; medians over "
+          "iterations 2..I, seconds")
+    print(f"{'mode':9s} {'iteration':>9s} {'x local':>7s} {'forward':>8s} {'backward':>8s} "
+          f"{'write':>6s} {'read':>6s} {'bcast':>6s} {'allred':>6s} {'KB/image':>8s} "
+          f"{'fixed':>7s} {'start':>6s} {'loss':>7s}")
+    for label, records, t, fixed, start in rows:
+        per_image = (steady(records, "store_bytes") / (args.minibatch or args.images) / 1000
+                     if label != "local" else 0.0)
+        print(f"{label:9s} {t:9.4f} {t / base:7.2f} {steady(records, 'forward_s'):8.4f} "
+              f"{steady(records, 'backward_s'):8.4f} {steady(records, 'store_write_s'):6.2f} "
+              f"{steady(records, 'store_read_s'):6.2f} {steady(records, 'broadcast_s'):6.3f} "
+              f"{steady(records, 'allreduce_s'):6.4f} {per_image:8.1f} {fixed:7.4f} "
+              f"{start:6.2f} {records[-1]['loss']:7.4f}")
     print("write/read: summed over the tasks of a stage; KB = 1000 bytes (spark: the persisted "
-          f"caches); fixed: the iteration time at N = {FIXED_COST_IMAGES}")
+          f"caches); allred: the all-reduce's sum per iteration; fixed: the iteration time at "
+          f"N = {FIXED_COST_IMAGES}; start: the allreduce segment's start (job, rendezvous, "
+          "the images to the workers), once per segment")
     floor = spark_floor(args)
     print(f"Spark's own floor on {floor['master']}: an empty job of {floor['batches']} tasks "
           f"{floor['empty_job_s']:.3f}s through Python workers ({floor['jvm_job_s']:.3f}s "
           f"counted by the JVM alone), a broadcast of the parameters {floor['broadcast_s']:.3f}s; "
-          f"a two-stage iteration runs 2 jobs and 3 broadcasts, `none` 1 job and 1 broadcast")
+          f"a two-stage iteration runs 2 jobs and 3 broadcasts, `none` 1 job and 1 broadcast, "
+          "allreduce 1 job per segment")
 
 
 def spark_floor(args):
@@ -457,8 +475,13 @@ def main(argv=None):
                          help="batch counts of the chart against B")
     figures.add_argument("--batch-images", type=int, default=2000, metavar="N",
                          help="images of the chart against B")
-    figures.add_argument("--modes", default="hdfs,redis,spark,none",
-                         help="Spark --exchange modes to measure ('' for none)")
+    parser.add_argument("--modes", default=None,
+                        help="compare, figures: Spark --exchange modes to measure ('' for none; "
+                             "compare: default hdfs,redis,spark,none,allreduce, figures: "
+                             "hdfs,redis,spark,none)")
+    parser.add_argument("--minibatch", type=int, metavar="M",
+                        help="compare: minibatches of M images (default: full batch); "
+                             "torch-recipe: default 128")
     figures.add_argument("--profile-images", type=int, default=256, metavar="N",
                          help="images of the per-layer profile")
     figures.add_argument("--accuracy", nargs="+", action="extend", metavar="METRICS.jsonl[,LABEL]",
@@ -467,7 +490,6 @@ def main(argv=None):
     recipe.add_argument("--epochs", type=float, default=1.0,
                         help="passes over the images (the iteration count is rounded up)")
     recipe.add_argument("--lr", type=float, default=0.02, help="base learning rate")
-    recipe.add_argument("--minibatch", type=int, default=128)
     recipe.add_argument("--momentum", type=float, default=0.9)
     recipe.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
     recipe.add_argument("--reg", type=float, default=1e-4, help="L2 strength (weights only)")
@@ -493,6 +515,11 @@ def main(argv=None):
         from figures import make_figures
         make_figures(args, sys.argv[1:] if argv is None else argv)
         return
+    if args.what == "torch-recipe" and args.minibatch is None:
+        args.minibatch = 128
+    if args.modes is None:
+        args.modes = ("hdfs,redis,spark,none,allreduce" if args.what == "compare"
+                      else "hdfs,redis,spark,none")
     if args.images is None:
         args.images = {"memory": 50000, "cluster": 6000, "torch-recipe": 50000}.get(args.what, 10000)
     {"throughput": throughput, "memory": memory, "predict": predict, "torch": torch_compare,

@@ -7,8 +7,9 @@ connects a `CoordinatorClient` to it and
   task gets the K addresses (the rendezvous: one per segment, a few
   milliseconds, where Spark's own BarrierTaskContext.allGather polls once a
   second);
-- rank 0 sends every iteration's metrics row as it finishes (progress lines
-  while the segment runs; the rows that count come back with the results);
+- rank 0 sends the metrics rows of the iterations it finished, every half
+  second (progress lines while the segment runs; the rows that count come
+  back with the results);
 - a thread of every task sends a beat every second, SIGSTOP or not.
 
 The coordinator calls `on_stall(reason)` once when a task that said hello
@@ -23,6 +24,7 @@ import time
 import zmq
 
 BEAT_EVERY = 1.0
+ROWS_EVERY = 0.5
 
 
 class Coordinator:
@@ -61,8 +63,9 @@ class Coordinator:
                             reply = json.dumps([hello[r][1] for r in range(self.size)]).encode()
                             for r in range(self.size):
                                 self._socket.send_multipart([hello[r][0], b"peers", reply])
-                    elif kind == "row" and self.on_row is not None:
-                        self.on_row(body["row"])
+                    elif kind == "rows" and self.on_row is not None:
+                        for row in body["rows"]:
+                            self.on_row(row)
                 self._watch(hello, seen, started)
         finally:
             self._socket.close(linger=0)
@@ -118,6 +121,7 @@ class CoordinatorClient:
         self._context = zmq.Context(io_threads=1)
         self._socket = self._dealer()
         self._socket.setsockopt(zmq.LINGER, 1000)    # rows still queued at the end: 1 s to go
+        self._rows, self._sent = [], time.monotonic()
         self._stop = threading.Event()
         self._beats = threading.Thread(target=self._beat, name="spark-cnn-beat", daemon=True)
         self._beats.start()
@@ -154,10 +158,18 @@ class CoordinatorClient:
             raise RuntimeError(f"all-reduce: unexpected answer {kind!r} from the driver")
         return json.loads(body)
 
-    def send_row(self, row):
-        self._send(self._socket, "row", row=row)
+    def send_row(self, row, flush=False):
+        """Queue a metrics row; the queue goes to the driver at most every ROWS_EVERY
+        seconds (progress lines need no more, and a send per iteration costs the loop)."""
+        self._rows.append(row)
+        now = time.monotonic()
+        if flush or now - self._sent >= ROWS_EVERY:
+            self._send(self._socket, "rows", rows=self._rows)
+            self._rows, self._sent = [], now
 
     def close(self):
+        if self._rows:
+            self._send(self._socket, "rows", rows=self._rows)
         self._stop.set()
         self._beats.join(timeout=5)
         self._socket.close()

@@ -31,6 +31,7 @@ from .allreduce import Mesh
 from .cnn import CNN
 from .coordinator import CoordinatorClient
 from .recipe import iteration_inputs, slice_augmentation, split_batches
+from .workers import prepare_worker
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ def segment_task(job, data_bc, state_bc, partition):
         pass
     context = BarrierTaskContext.get()
     rank = context.partitionId()
+    prepare_worker()
     images, labels = data_bc.value
     state = state_bc.value
     net = CNN(**job.network, threads=max(1, context.cpus()))
@@ -199,12 +201,11 @@ def _train_summing(net, mesh, client, job, images, labels, rank):
                        allreduce_bytes=mesh.bytes_sent)
             rows.append(row)
             client.send_row(row)
-        if not np.isfinite(loss) or not all(np.all(np.isfinite(p))
-                                            for p in net.params().values()):
+        if not np.isfinite(loss):            # NaN or inf in a parameter: in the next loss
             return rows, True
         if stop > 0:
             break
-    return rows, False
+    return rows, not all(np.all(np.isfinite(p)) for p in net.params().values())
 
 
 def _train_averaging(net, mesh, client, job, images, labels, rank):

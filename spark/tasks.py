@@ -38,6 +38,7 @@ from .loss import softmax_loss
 from .data.preprocess import batch_input
 from .recipe import slice_augmentation
 from .storage.store import StoreAuthError, StoreError
+from .workers import prepare_worker
 
 _NETWORKS = {}
 
@@ -112,6 +113,7 @@ def node_names(driver_host=""):
 
 
 def _network(spec, params):
+    prepare_worker()
     key = json.dumps(spec, sort_keys=True)
     net = _NETWORKS.get(key)
     if net is None:

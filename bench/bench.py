@@ -48,6 +48,7 @@ process; data from --data-dir or SPARK_CNN_DATA_DIR.
 import argparse
 import glob
 import json
+import math
 import os
 import resource
 import statistics
@@ -346,6 +347,51 @@ def compare(args):
           "allreduce 1 job per segment")
 
 
+RECIPE = ["--lr", "0.02", "--augment", "--schedule", "cosine", "--label-smoothing", "0.1",
+          "--reg", "1e-4", "--nesterov"]
+
+
+def recipe(args):
+    """The training recipe for --epochs, the local trainer and --exchange allreduce
+    (one run per --average-every value) one after the other: training seconds
+    (wall_s, evaluations left out) and test accuracy after every epoch."""
+    from torch_recipe import recipe_iterations
+
+    minibatch = args.minibatch or 128
+    per_epoch = math.ceil(args.images / minibatch)
+    total = recipe_iterations(args.epochs, args.images, minibatch)
+    common = ["--minibatch", minibatch, "--warmup", per_epoch, "--eval-every", per_epoch,
+              "--save-every", per_epoch, *RECIPE] + (["--arch", args.arch] if args.arch else [])
+    runs = []
+    if "local" in args.modes.split(","):
+        runs.append(("naive_train.py", "naive", None, []))
+    for h in (args.average_every or "1").split(","):
+        if "allreduce" in args.modes.split(","):
+            runs.append((f"allreduce H={h}", "locality", None,
+                         ["--exchange", "allreduce", "--average-every", h]))
+    results = []
+    for label, kind, batches, extra in runs:
+        records = run_trainer(kind, args.images, total, args, batches, common + extra)
+        if args.keep:
+            os.makedirs(args.keep, exist_ok=True)
+            name = label.replace(" ", "-").replace("=", "")
+            with open(os.path.join(args.keep, f"{name}.jsonl"), "w") as f:
+                f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in records
+                             if "test_accuracy" in r)
+        evaluated = [r for r in records if "test_accuracy" in r]
+        results.append((label, records[-1]["wall_s"], evaluated))
+        print(f"{label}: {records[-1]['wall_s']:.0f} s of training, test accuracy "
+              + ", ".join(f"{r['test_accuracy']:.4f}" for r in evaluated), flush=True)
+    base = results[0][1]
+    print(f"N={args.images}, {args.epochs:g} epochs ({total} iterations of {minibatch}), "
+          f"--arch {args.arch or 'conv64-relu-pool-fc10'}, master {args.master}")
+    print(f"{'trainer':18s} {'training s':>10s} {'x first':>7s} {'final':>7s} {'best':>7s}")
+    for label, wall, evaluated in results:
+        print(f"{label:18s} {wall:10.0f} {wall / base:7.2f} "
+              f"{evaluated[-1]['test_accuracy']:7.4f} "
+              f"{max(r['test_accuracy'] for r in evaluated):7.4f}")
+
+
 def spark_floor(args):
     """bench/spark_floor.py on args.master -> its figures (dict)."""
     result = run_script(os.path.join("bench", "spark_floor.py"), [args.batches], args,
@@ -411,12 +457,17 @@ def cluster_run(kind, nodes, args, data_dir):
 
 
 def cluster(args):
+    """The trainers on 1, 2, 3 simulated nodes: the two-stage exchanges at full batch
+    (--images, --batches) and --exchange allreduce in minibatches (--minibatch,
+    default 128; one run per --average-every value); then a model for K machines."""
     data_dir = os.path.abspath(args.data_dir) if args.data_dir else None
-    rows = []
+    modes = args.modes.split(",")
+    staged = [kind for mode, kind in (("redis", "locality"), ("hdfs", "spark")) if mode in modes]
+    rows, reduced = [], []
     for nodes in [int(k) for k in args.nodes.split(",")]:
         cluster_sh("down")
         cluster_sh("up", nodes)
-        for kind in ("locality", "spark"):
+        for kind in staged:
             records, crossed = cluster_run(kind, nodes, args, data_dir)
             later = records[1:] or records
             reads = sum(r["backward_reads_local"] + r["backward_reads_remote"] for r in later)
@@ -428,7 +479,17 @@ def cluster(args):
                 task_s=statistics.median(r["task_forward_s"] + r["task_backward_s"]
                                          + r["store_write_s"] + r["store_read_s"] for r in later),
                 hosts=len(set().union(*(r["backward_hosts"] for r in later)))))
+        if "allreduce" in modes:
+            for h in (args.average_every or "1").split(","):
+                reduced.append(cluster_allreduce(nodes, int(h), args, data_dir))
     cluster_sh("down")
+    if rows:
+        _print_staged(rows, args)
+    if reduced:
+        _print_allreduce(reduced, args)
+
+
+def _print_staged(rows, args):
     print(f"N={args.images} I={args.iterations} B={args.batches}, simulated nodes of 1 core each "
           "on this machine's 2 cores; medians over iterations 2..I")
     print(f"{'nodes':>5s} {'trainer':9s} {'iteration s':>11s} {'x 1 node':>8s} {'local reads':>11s} "
@@ -441,7 +502,7 @@ def cluster(args):
     print("task s: the tasks' own compute and store time, summed over the batches of an iteration")
     print()
     print("model: time on K machines of c cores = fixed + tasks / (K c) + crossed bytes / bandwidth")
-    for kind in ("locality", "spark"):
+    for kind in sorted({r["kind"] for r in rows}):
         one = next(r for r in rows if r["kind"] == kind)
         fixed = max(one["time"] - one["task_s"] / one["nodes"], 0.0)
         crossed_per_image = max(r["crossed_mb"] for r in rows if r["kind"] == kind) / args.images
@@ -454,10 +515,84 @@ def cluster(args):
               f"per machine and 1 Gbit/s: " + ", ".join(cells))
 
 
+def cluster_allreduce(nodes, every, args, data_dir):
+    """--exchange allreduce in one segment on the cluster as it is -> its figures."""
+    minibatch = args.minibatch or 128
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics = os.path.join(tmp, "metrics.jsonl")
+        command = ["bash", os.path.join(ROOT, "scripts", "cluster.sh"), "submit",
+                   os.path.join(ROOT, "locality_train.py"), str(args.images),
+                   str(args.iterations), "--exchange", "allreduce", "--minibatch", str(minibatch),
+                   "--average-every", str(every), "--segment-seconds", "3600",
+                   "--metrics", metrics, "--params-dir", tmp] + (
+                       ["--data-dir", data_dir] if data_dir else [])
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("SPARK_CNN_") or k.startswith("SPARK_CNN_CLUSTER_")}
+        before = bridge_bytes(nodes)
+        result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
+        crossed = bridge_bytes(nodes) - before
+        if result.returncode != 0:
+            sys.exit(f"bench.py: allreduce on {nodes} nodes failed:\n{result.stdout[-2000:]}"
+                     f"{result.stderr[-2000:]}")
+        with open(metrics) as f:
+            records = [json.loads(line) for line in f]
+    later = records[1:] or records
+    t = steady_iteration_time(records)
+    return dict(nodes=nodes, every=every, tasks=records[-1]["tasks"], time=t,
+                rate=minibatch / t, minibatch=minibatch,
+                compute=statistics.median(r["forward_s"] + r["backward_s"] for r in later),
+                allreduce=statistics.median(r["allreduce_s"] for r in later),
+                sent=statistics.mean(r["allreduce_bytes"] for r in later),
+                crossed=crossed, start=records[0]["wall_s"] - iteration_time(records[0]),
+                loss=records[-1]["loss"])
+
+
+def _print_allreduce(rows, args):
+    print(f"--exchange allreduce, N={args.images} I={args.iterations} M={rows[0]['minibatch']}, "
+          "one segment, one task per node (nodes of 1 core on this machine's 2 cores); medians "
+          "over iterations 2..I")
+    print(f"{'nodes':>5s} {'H':>3s} {'iteration s':>11s} {'images/s':>9s} {'x 1 node':>8s} "
+          f"{'compute s':>9s} {'all-reduce s':>12s} {'sent/iter KB':>12s} {'crossed MB':>10s} "
+          f"{'start s':>7s} {'loss':>7s}")
+    first = {r["every"]: r["rate"] for r in rows if r["nodes"] == rows[0]["nodes"]}
+    for r in rows:
+        print(f"{r['nodes']:5d} {r['every']:3d} {r['time']:11.4f} {r['rate']:9.0f} "
+              f"{r['rate'] / first[r['every']]:8.2f} {r['compute']:9.4f} {r['allreduce']:12.4f} "
+              f"{r['sent'] / 1000:12.0f} {r['crossed'] / 1e6:10.1f} {r['start']:7.2f} "
+              f"{r['loss']:7.4f}")
+    print("compute: rank 0's forward and backward; all-reduce: its sum (wait included); sent: "
+          "the bytes rank 0 sent per iteration; crossed: all bytes into the bridge during the run "
+          "(the images' broadcast included); start: the segment's start")
+    one = next(r for r in rows if r["nodes"] == 1 and r["every"] == 1)
+    two = next((r for r in rows if r["nodes"] == 2 and r["every"] == 1), None)
+    per_image = one["compute"] / one["minibatch"]              # one core's seconds per image
+    other = max(one["time"] - one["compute"] - one["allreduce"], 0.0)   # update, loop
+    gradient = 4 * 165642                                       # bytes of the default network
+    latency = 0.0
+    if two is not None:                 # what a sum of 2 costs beyond its bytes at ~10 Gbit/s
+        latency = max(two["allreduce"] - 2 * gradient / 2 / 1.25e9, 0.0) / 2
+    print()
+    print("model: time on K machines of 1 core = M / K x compute per image + update + 2 steps x "
+          "(latency + (K-1)/K x gradient / bandwidth); measured: compute "
+          f"{per_image * 1e3:.3f} ms per image, update and loop {other * 1e3:.2f} ms, latency "
+          f"{latency * 1e3:.2f} ms per step (from 2 nodes), gradient {gradient / 1e3:.0f} KB")
+    for minibatch in (rows[0]["minibatch"], 1024):
+        for gbits in (1, 10):
+            cells = []
+            single = minibatch * per_image + other
+            for machines in (1, 2, 4, 8, 16):
+                comm = 0.0 if machines == 1 else 2 * (latency + (machines - 1) / machines
+                                                      * gradient / (gbits * 1.25e8))
+                predicted = minibatch / machines * per_image + other + comm
+                cells.append(f"K={machines}: {single / predicted:.1f}x")
+            print(f"  M={minibatch}, {gbits} Gbit/s: " + ", ".join(cells))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("what", choices=("throughput", "memory", "predict", "torch",
-                                         "torch-recipe", "compare", "cluster", "figures"))
+                                         "torch-recipe", "compare", "recipe", "cluster",
+                                         "figures"))
     parser.add_argument("--images", type=int)
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--batches", type=int, default=4)
@@ -486,6 +621,12 @@ def main(argv=None):
                          help="images of the per-layer profile")
     figures.add_argument("--accuracy", nargs="+", action="extend", metavar="METRICS.jsonl[,LABEL]",
                          help="metrics files with test_accuracy for the accuracy chart")
+    trainers = parser.add_argument_group("recipe (also --epochs, --minibatch, --modes local,allreduce)")
+    trainers.add_argument("--arch", help="the trainers' --arch")
+    trainers.add_argument("--average-every", dest="average_every", metavar="H,H,...",
+                          help="one allreduce run per value (default 1)")
+    trainers.add_argument("--keep", metavar="DIR",
+                          help="write each run's evaluation records to DIR/<trainer>.jsonl")
     recipe = parser.add_argument_group("torch-recipe (--images: training images, default all)")
     recipe.add_argument("--epochs", type=float, default=1.0,
                         help="passes over the images (the iteration count is rounded up)")
@@ -518,12 +659,14 @@ def main(argv=None):
     if args.what == "torch-recipe" and args.minibatch is None:
         args.minibatch = 128
     if args.modes is None:
-        args.modes = ("hdfs,redis,spark,none,allreduce" if args.what == "compare"
-                      else "hdfs,redis,spark,none")
+        args.modes = {"compare": "hdfs,redis,spark,none,allreduce", "recipe": "local,allreduce",
+                      "cluster": "redis,hdfs,allreduce"}.get(args.what, "hdfs,redis,spark,none")
     if args.images is None:
-        args.images = {"memory": 50000, "cluster": 6000, "torch-recipe": 50000}.get(args.what, 10000)
+        args.images = {"memory": 50000, "cluster": 6000, "torch-recipe": 50000,
+                       "recipe": 50000}.get(args.what, 10000)
     {"throughput": throughput, "memory": memory, "predict": predict, "torch": torch_compare,
-     "torch-recipe": torch_recipe, "compare": compare, "cluster": cluster}[args.what](args)
+     "torch-recipe": torch_recipe, "compare": compare, "recipe": recipe,
+     "cluster": cluster}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,6 @@ import secrets
 import sys
 import time
 
-import numpy as np
-
 from .cnn import Diverged
 from .coordinator import Coordinator
 from .errors import one_line
@@ -67,7 +65,6 @@ class AllReduceCNN(InMemoryCNN):
         self.asked = int(batches) if batches else None      # B given on the command line
         super().__init__(sc, settings, batches or 1, **options)
         self.batches = self._tasks(first=True)
-        self._data = None                                   # (images, broadcast of (images, labels))
         self._driver = address_towards(self._driver_host)
 
     def _tasks(self, first=False):
@@ -104,19 +101,13 @@ class AllReduceCNN(InMemoryCNN):
         raise TypeError("--exchange allreduce trains whole segments (train_segment); "
                         "it has no separate loss and gradients stage")
 
-    def _broadcast_data(self, images, labels):
-        if self._data is None or self._data[0] is not images:
-            if self._data is not None:
-                self._data[1].unpersist()
-            self._data = (images, self.sc.broadcast((np.ascontiguousarray(images),
-                                                     np.asarray(labels))))
-        return self._data[1]
-
     def network_spec(self):
-        return dict(arch=self.arch, input_shape=list(self.input_shape), dtype=self.dtype.name,
-                    exchange_dtype=self.exchange_dtype.name, chunk=self.chunk, lr=self.lr,
-                    momentum=self.momentum, reg=self.reg, label_smoothing=self.label_smoothing,
+        """The tasks' network: the optimiser too (every task updates), and as many chunk
+        threads as a task has cores (segment_task)."""
+        spec = dict(super().network_spec(), lr=self.lr, momentum=self.momentum, reg=self.reg,
                     nesterov=self.nesterov)
+        del spec["threads"]
+        return spec
 
     def train_segment(self, images, labels, run, end, on_row=None, progress=None):
         """Iterations self.iteration .. up to end - 1 as one barrier stage (see

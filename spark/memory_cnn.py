@@ -1,17 +1,18 @@
 """The CNN on Spark with no matrix store: the `spark` and `none` exchanges.
 
+Both are SparkCNN's driver loop with other hooks:
+
 - `spark` (`CachedCNN`): the forward stage is an RDD with one partition per
   batch, mapped by `kept_forward_task` into one element per chunk of images
   (`KeptChunk`, a few MB, so Spark can spill a partition that does not fit
   to disk element by element) and persisted, so each batch's caches stay in
-  Spark's block manager on the executor that computed them. The
-  forward tasks send the driver only their scores, through an accumulator
-  (the caches never leave the executors); the driver computes the loss
-  gradient and broadcasts it; the
-  backward stage maps over the same persisted RDD, so Spark runs each
-  backward task where its partition is and recomputes a lost partition from
-  its lineage (the forward function, the broadcasts) by itself. The RDD is
-  unpersisted after the backward stage, also after a failure.
+  Spark's block manager on the executor that computed them. The forward
+  tasks send the driver only their scores, through an accumulator (the
+  caches never leave the executors); the backward stage maps over the same
+  persisted RDD, so Spark runs each backward task where its partition is and
+  recomputes a lost partition from its lineage (the forward function, the
+  broadcasts) by itself. The RDD is unpersisted after the backward stage,
+  also after a failure.
 - `none` (`FusedCNN`): one stage per iteration; each task runs forward, the
   softmax loss of its own images (normalised by the minibatch size) and
   backward, and returns its loss and gradients, which a reduce sums.
@@ -20,17 +21,13 @@ Both store nothing in Redis or HDFS: no heartbeat, no clean-up of dead runs,
 no server needed.
 """
 import functools
-import time
 
-import numpy as np
 from pyspark import StorageLevel
 
-from .storage.exchange import ExchangeConfig
-from .loss import softmax_loss
-from .recipe import split_batches
 from .spark_cnn import SparkCNN
-from .tasks import (ScoresByBatch, add_loss_results, add_results, add_stats, fused_task,
-                    kept_backward_task, kept_forward_task)
+from .storage.exchange import ExchangeConfig
+from .tasks import (ScoresByBatch, add_loss_results, add_results, fused_task, kept_backward_task,
+                    kept_forward_task)
 
 
 class InMemoryCNN(SparkCNN):
@@ -46,14 +43,11 @@ class InMemoryCNN(SparkCNN):
     def _start_storing(self):
         pass                         # nothing stored: no heartbeat, no dead runs to clear
 
-    def clear_intermediates(self):
+    def release(self, quietly=False):
         pass
 
-    def _iteration_input(self, images, labels, index):
-        """-> (n, index, batch items, job)."""
-        n = len(labels) if index is None else len(index)
-        index = np.arange(n) if index is None else np.asarray(index)
-        return n, index, split_batches(n, self.batches), self.job()
+    def clear_intermediates(self):
+        pass
 
 
 class CachedCNN(InMemoryCNN):
@@ -80,89 +74,44 @@ class CachedCNN(InMemoryCNN):
     storage_level = StorageLevel(useDisk=True, useMemory=True, useOffHeap=False,
                                  deserialized=True)
     _scores = None                   # the run's ScoresByBatch accumulator, made on first use
+    _kept = None                     # the iteration's persisted forward RDD
 
-    def loss_and_gradients(self, images, labels, index=None, progress=None, augment=None):
-        n, index, items, job = self._iteration_input(images, labels, index)
-        t0 = time.perf_counter()
-        images_bc = self._broadcast_images(images)
-        state_bc = self.sc.broadcast({"params": self.params(), "index": index, "augment": augment})
-        t1 = time.perf_counter()
+    def forward_stage(self, job, data_bc, state_bc, items):
+        """Each batch forward, its caches persisted -> its BatchScores, in batch order."""
         if self._scores is None:
             self._scores = self.sc.accumulator({}, ScoresByBatch())
         self._scores.value = {}
-        kept = (self.sc.parallelize(items, len(items))
-                .mapPartitions(functools.partial(kept_forward_task, job, images_bc, state_bc,
-                                                 self._scores))
-                .persist(self.storage_level))
-        dscores_bc = None
-        try:
-            # Counted by the JVM (the RDD's Java side): the forward function runs
-            # once per batch, its results are cached, and only the scores travel.
-            self._run_stage("forward", kept._jrdd.count)
-            got = self._scores.value
-            if sorted(got) != list(range(len(items))):
-                raise RuntimeError(f"the forward stage returned the scores of batches "
-                                   f"{sorted(got)}, expected 0..{len(items) - 1}")
-            forward = [got[b] for b in range(len(items))]
-            scores = np.concatenate([r.scores for r in forward])                # (N, K)
-            loss, dscores = softmax_loss(scores, labels[index], smoothing=self.label_smoothing)
-            t2 = time.perf_counter()
-            dscores_bc = self.sc.broadcast(dscores)
-            t3 = time.perf_counter()
-            backward = self._run_stage("backward", lambda: kept.mapPartitions(functools.partial(
-                kept_backward_task, job, images_bc, state_bc, dscores_bc)).reduce(add_results))
-            t4 = time.perf_counter()
-        finally:
-            kept.unpersist()
-            if dscores_bc is not None:
-                dscores_bc.unpersist()
-            state_bc.unpersist()
-        if progress is not None:
-            progress.update(n)
-        stats = functools.reduce(add_stats, [r.stats for r in forward])
-        # store_bytes: the arrays of the persisted caches
-        timings = self._two_stage_timings((t0, t1, t2, t3, t4), stats, backward.stats,
-                                          kept.getNumPartitions())
-        return loss, backward.grads, timings
+        self._kept = (self.sc.parallelize(items, len(items))
+                      .mapPartitions(functools.partial(kept_forward_task, job, data_bc, state_bc,
+                                                       self._scores))
+                      .persist(self.storage_level))
+        # Counted by the JVM (the RDD's Java side): the forward function runs once
+        # per batch, its results are cached, and only the scores travel.
+        self._kept._jrdd.count()
+        got = self._scores.value
+        if sorted(got) != list(range(len(items))):
+            raise RuntimeError(f"the forward stage returned the scores of batches "
+                               f"{sorted(got)}, expected 0..{len(items) - 1}")
+        return [got[b] for b in range(len(items))]
+
+    def backward_stage(self, job, data_bc, state_bc, dscores_bc, forward):
+        """Each batch backward where its partition is kept -> BackwardResult (summed)."""
+        return self._kept.mapPartitions(functools.partial(
+            kept_backward_task, job, data_bc, state_bc, dscores_bc)).reduce(add_results)
+
+    def release(self, quietly=False):
+        if self._kept is not None:
+            self._kept.unpersist()
+            self._kept = None
 
 
 class FusedCNN(InMemoryCNN):
     """The `none` exchange: forward, loss and backward of a batch in one task."""
 
     store_kind = "none"
+    stage_names = ("forward-backward",)
 
-    def loss_and_gradients(self, images, labels, index=None, progress=None, augment=None):
-        n, index, items, job = self._iteration_input(images, labels, index)
-        t0 = time.perf_counter()
-        images_bc = self._broadcast_images(images)
-        state_bc = self.sc.broadcast({"params": self.params(), "index": index, "augment": augment,
-                                      "labels": np.asarray(labels)[index],
-                                      "smoothing": self.label_smoothing})
-        t1 = time.perf_counter()
-        try:
-            result = self._run_stage("forward-backward", lambda: self.sc.parallelize(
-                items, len(items)).map(functools.partial(fused_task, job, images_bc, state_bc))
-                .reduce(add_loss_results))
-        finally:
-            state_bc.unpersist()
-        t2 = time.perf_counter()
-        if progress is not None:
-            progress.update(n)
-        stats = result.stats
-        self.im2col_backends |= set(stats["im2col"])
-        busy = stats["task_forward_s"] + stats["task_backward_s"]
-        share = stats["task_forward_s"] / busy if busy else 0.5
-        timings = {
-            # One stage: its wall time split as the tasks' own forward and backward times.
-            "forward_s": (t2 - t1) * share,
-            "backward_s": (t2 - t1) * (1 - share),
-            "broadcast_s": t1 - t0,
-            "store_bytes": 0,
-            "task_forward_s": stats["task_forward_s"],
-            "task_backward_s": stats["task_backward_s"],
-            "backward_partitions": len(items),
-            "backward_hosts": sorted(set(stats["backward_hosts"])),
-            "im2col": sorted(self.im2col_backends),
-            "exchange": self.store_kind,
-        }
-        return result.loss, result.grads, timings
+    def forward_stage(self, job, data_bc, state_bc, items):
+        """Each batch's loss and gradients -> LossResult (summed)."""
+        return self.sc.parallelize(items, len(items)).map(
+            functools.partial(fused_task, job, data_bc, state_bc)).reduce(add_loss_results)

@@ -1,22 +1,28 @@
 """The CNN trained on Spark, with layer matrices exchanged through HDFS.
 
-One iteration, with B batches (one Spark task per batch):
-1. broadcast the parameters and the iteration's image index;
-2. forward stage: each task runs its batch forward, writes what the backward
-   pass needs to the matrix store, and returns its scores and a record of
-   the batch (the keys of its matrices, the node it ran on);
+`SparkCNN` holds the one driver loop of every iteration-per-stage exchange
+(`loss_and_gradients`); the exchanges differ only in its hooks:
+
+1. broadcast the parameters and the iteration's image index (the images and
+   labels are broadcast once per run);
+2. `forward_stage`: one task per batch runs it forward and keeps what the
+   backward pass needs: here in the matrix store (HDFS files; Redis in
+   spark/locality_cnn.py), in Spark's block manager for `--exchange spark`;
+   the tasks return their scores (`--exchange none` runs forward, loss and
+   backward in this one stage, spark/memory_cnn.py);
 3. the driver computes the softmax loss and its gradient over all scores and
    broadcasts the gradient;
-4. backward stage: one task per batch record, placed by Spark on the node
-   that ran the batch's forward task (a location preference), so it reads
-   its matrices where they were written; a task whose matrices are gone
-   recomputes them; the gradients are summed by a reduce;
-5. the driver updates the weights; the iteration's matrices are deleted.
+4. `backward_stage`: one task per batch, placed where its forward task ran,
+   returns the summed gradients; a task whose matrices are gone recomputes them;
+5. the driver updates the weights; `release` drops the iteration's matrices.
 
-The images are broadcast once per run as uint8. The first layer's input is
-never stored: backward tasks rebuild it from the broadcast images. While the
-run stores anything it keeps a heartbeat (spark/storage/runs.py), and its first
-iteration removes what runs whose driver died left behind.
+The timings of an iteration are built in one place (`_timings`). The first
+layer's input is never stored: backward tasks rebuild it from the broadcast
+images. While the run stores anything it keeps a heartbeat
+(spark/storage/runs.py), and its first iteration removes what runs whose
+driver died left behind. `--exchange allreduce` (spark/allreduce_cnn.py)
+runs whole segments instead and uses only the broadcasts, predict and the
+stage bookkeeping of this class.
 """
 import functools
 import sys
@@ -26,12 +32,19 @@ import uuid
 import numpy as np
 
 from .cnn import CNN
-from .storage.exchange import clear_run, exchange_config, note_stalls, open_matrix_store
 from .loss import softmax_loss
 from .recipe import split_batches
-from .storage.runs import Heartbeat, remove_dead_runs
 from .spark_context import cancel_and_wait, executor_hosts, located_rdd
+from .storage.exchange import clear_run, exchange_config, note_stalls, open_matrix_store
+from .storage.runs import Heartbeat, remove_dead_runs
 from .tasks import Job, add_results, add_stats, backward_task, forward_task, predict_task
+
+# Broadcasts of image sets kept at once: the training set and the test set of
+# --eval-every, so that neither is sent again after the other was used.
+KEPT_DATA = 2
+# Metrics of the tasks' stats that a row reports as they are.
+_STORE_STATS = ("store_write_s", "store_read_s", "backward_reads_local", "backward_reads_remote",
+                "store_read_bytes_remote")
 
 
 def new_run_id():
@@ -42,7 +55,8 @@ def new_run_id():
 class SparkCNN(CNN):
     """CNN whose forward and backward passes run as Spark tasks, one per batch."""
 
-    store_kind = "hdfs"      # the --exchange mode; spark/memory_cnn.py has those that store nothing
+    store_kind = "hdfs"      # the --exchange mode
+    stage_names = ("forward", "backward")
 
     def __init__(self, sc, settings, batches, run_id=None, **options):
         super().__init__(**options)
@@ -51,39 +65,38 @@ class SparkCNN(CNN):
         self.sc, self.batches = sc, int(batches)
         self.run_id = run_id or new_run_id()
         self.exchange = self.exchange_settings(settings)
-        self._images = None              # (the array broadcast, its broadcast)
+        self._data = []                  # [(images array, broadcast of (images, labels))]
         self._heartbeat = None
         self._driver_host = sc.getConf().get("spark.driver.host", "")
         self.im2col_backends = set()
 
+    # ----- what every Spark exchange shares ---------------------------------
     def exchange_settings(self, settings):
         """What the tasks need to reach the run's matrix store (an ExchangeConfig)."""
         return exchange_config(self.store_kind, self.run_id, settings)
 
+    def network_spec(self):
+        """CNN keyword arguments the tasks build their network from (one chunk at a time)."""
+        return dict(arch=self.arch, input_shape=list(self.input_shape), dtype=self.dtype.name,
+                    exchange_dtype=self.exchange_dtype.name, chunk=self.chunk, threads=1,
+                    label_smoothing=self.label_smoothing)
+
     def job(self):
-        network = dict(arch=self.arch, input_shape=list(self.input_shape),
-                       dtype=self.dtype.name, exchange_dtype=self.exchange_dtype.name,
-                       chunk=self.chunk)
-        return Job(network=network, exchange=self.exchange, iteration=self.iteration,
-                   driver_host=self._driver_host)
+        return Job(network=self.network_spec(), exchange=self.exchange,
+                   iteration=self.iteration, driver_host=self._driver_host)
 
-    def _broadcast_images(self, images):
-        if self._images is None or self._images[0] is not images:
-            if self._images is not None:
-                self._images[1].unpersist()
-            self._images = (images, self.sc.broadcast(np.ascontiguousarray(images)))
-        return self._images[1]
-
-    def _start_storing(self):
-        """Before the run's first stored matrix: check the servers, start the
-        heartbeat, remove what dead runs left behind."""
-        if self._heartbeat is not None:
-            return
-        open_matrix_store(self.exchange).check()     # a server down now: say which, at once
-        self._heartbeat = Heartbeat(self.exchange).start()
-        for run_id in remove_dead_runs(self.exchange):
-            print(f"spark-cnn: removed what run {run_id} left in {self.store_kind} "
-                  "(its driver is gone)", file=sys.stderr)
+    def _broadcast_data(self, images, labels=None):
+        """The broadcast of (images, labels) for this image set: sent once, kept for the
+        run (the KEPT_DATA sets used last)."""
+        for kept, broadcast in self._data:
+            if kept is images:
+                return broadcast
+        broadcast = self.sc.broadcast((np.ascontiguousarray(images),
+                                       None if labels is None else np.asarray(labels)))
+        self._data.append((images, broadcast))
+        if len(self._data) > KEPT_DATA:
+            self._data.pop(0)[1].unpersist()
+        return broadcast
 
     def _run_stage(self, stage, action):
         """Run `action()` (one Spark job) named after the iteration and stage.
@@ -101,18 +114,14 @@ class SparkCNN(CNN):
             cancel_and_wait(self.sc, group, 2 * self.exchange.io_timeout)
             raise
 
-    def _batch_stage(self, stage, task, job, images_bc, state_bc, items):
+    def _batch_stage(self, stage, task, job, data_bc, state_bc, items):
         """One task per (batch, offset, count) item -> the tasks' results in batch order."""
         rdd = self.sc.parallelize(items, len(items)).map(
-            functools.partial(task, job, images_bc, state_bc))
+            functools.partial(task, job, data_bc, state_bc))
         results = self._run_stage(stage, rdd.collect)
         return sorted(results, key=lambda r: r.batch)
 
-    def _preferred_hosts(self, records):
-        """For each batch record, the executor host that ran its forward task (None if unknown)."""
-        known = executor_hosts(self.sc)
-        return [next((h for h in record.hosts if h in known), None) for record in records]
-
+    # ----- the driver loop of an iteration ----------------------------------
     def loss_and_gradients(self, images, labels, index=None, progress=None, augment=None):
         n = len(labels) if index is None else len(index)
         index = np.arange(n) if index is None else np.asarray(index)
@@ -120,71 +129,119 @@ class SparkCNN(CNN):
         self._start_storing()
         job = self.job()
         t0 = time.perf_counter()
-        images_bc = self._broadcast_images(images)
+        data_bc = self._broadcast_data(images, labels)
         state_bc = self.sc.broadcast({"params": self.params(), "index": index, "augment": augment})
         t1 = time.perf_counter()
+        dscores_bc = None
         try:
-            forward = self._batch_stage("forward", forward_task, job, images_bc, state_bc, items)
-            scores = np.concatenate([r.scores for r in forward])                # (N, K)
-            loss, dscores = softmax_loss(scores, labels[index], smoothing=self.label_smoothing)
-            t2 = time.perf_counter()
-            dscores_bc = self.sc.broadcast(dscores)
-            t3 = time.perf_counter()
-            records = [r.record for r in forward]
-            placed = located_rdd(self.sc, list(zip([r.to_json() for r in records],
-                                                   self._preferred_hosts(records))))
-            backward = self._run_stage("backward", lambda: placed.map(
-                functools.partial(backward_task, job, images_bc, state_bc, dscores_bc))
-                .reduce(add_results))
-            t4 = time.perf_counter()
-            dscores_bc.unpersist()
+            first = self._run_stage(self.stage_names[0], lambda: self.forward_stage(
+                job, data_bc, state_bc, items))
+            if len(self.stage_names) == 1:                  # loss and gradients in one stage
+                loss, grads, forward, back = first.loss, first.grads, first.stats, first.stats
+                t2 = t3 = t4 = time.perf_counter()
+            else:
+                scores = np.concatenate([r.scores for r in first])                  # (N, K)
+                loss, dscores = softmax_loss(scores, labels[index], smoothing=self.label_smoothing)
+                t2 = time.perf_counter()
+                dscores_bc = self.sc.broadcast(dscores)
+                t3 = time.perf_counter()
+                result = self._run_stage(self.stage_names[1], lambda: self.backward_stage(
+                    job, data_bc, state_bc, dscores_bc, first))
+                t4 = time.perf_counter()
+                grads = result.grads
+                forward, back = functools.reduce(add_stats, [r.stats for r in first]), result.stats
         except BaseException:
-            self.clear_quietly()
+            self.release(quietly=True)
             raise
         finally:
-            state_bc.unpersist()
-        self.clear_intermediates()
+            for broadcast in (state_bc, dscores_bc):
+                if broadcast is not None:
+                    broadcast.unpersist()
+        self.release()
         if progress is not None:
             progress.update(n)
-        stats = functools.reduce(add_stats, [r.stats for r in forward])
-        back = backward.stats
-        timings = self._two_stage_timings((t0, t1, t2, t3, t4), stats, back,
-                                          placed.getNumPartitions())
-        timings["store_write_s"] = stats["store_write_s"]
-        timings.update({key: back[key] for key in (
-            "store_read_s", "backward_reads_local", "backward_reads_remote",
-            "store_read_bytes_remote")})
-        return loss, backward.grads, timings
+        return loss, grads, self._timings((t0, t1, t2, t3, t4), forward, back, len(items))
 
-    def _two_stage_timings(self, stamps, forward, back, partitions):
-        """The metrics every two-stage iteration reports.
+    def _timings(self, stamps, forward, back, partitions):
+        """The metrics of an iteration.
 
-        stamps: (t0, t1, t2, t3, t4) around the broadcasts, the forward stage,
-        the loss and its broadcast, the backward stage; forward / back: the
-        stats of the forward / backward tasks, added up.
+        stamps: (t0, t1, t2, t3, t4) around the broadcasts, the first stage,
+        the loss and its broadcast, the backward stage (t2 = t3 = t4 when the
+        first stage did everything: its wall time is then split as the tasks'
+        own forward and backward times); forward / back: the stats of the
+        forward / backward tasks, added up.
         """
         t0, t1, t2, t3, t4 = stamps
         self.im2col_backends |= set(forward["im2col"]) | set(back["im2col"])
-        return {
-            "forward_s": t2 - t1,
-            "backward_s": t4 - t3,
+        if t2 == t4:                                       # one stage
+            busy = back["task_forward_s"] + back["task_backward_s"]
+            share = back["task_forward_s"] / busy if busy else 0.5
+            forward_s, backward_s = (t2 - t1) * share, (t2 - t1) * (1 - share)
+        else:
+            forward_s, backward_s = t2 - t1, t4 - t3
+        timings = {
+            "forward_s": forward_s,
+            "backward_s": backward_s,
             "broadcast_s": (t1 - t0) + (t3 - t2),
-            "store_bytes": forward["store_bytes"],
+            "store_bytes": forward.get("store_bytes", 0),
             "task_forward_s": forward["task_forward_s"],
             "task_backward_s": back["task_backward_s"],
             "backward_partitions": partitions,
             "backward_hosts": sorted(set(back["backward_hosts"])),
-            "recomputed_batches": back["recomputed_batches"],
+            "recomputed_batches": back.get("recomputed_batches", 0),
             "im2col": sorted(self.im2col_backends),
             "exchange": self.store_kind,
         }
+        timings.update({key: {**forward, **back}[key] for key in _STORE_STATS
+                        if key in forward or key in back})
+        return timings
 
+    # ----- the hooks: the matrix store (HDFS here, Redis in LocalityCNN) -------
+    def _start_storing(self):
+        """Before the run's first stored matrix: check the servers, start the
+        heartbeat, remove what dead runs left behind."""
+        if self._heartbeat is not None:
+            return
+        open_matrix_store(self.exchange).check()     # a server down now: say which, at once
+        self._heartbeat = Heartbeat(self.exchange).start()
+        for run_id in remove_dead_runs(self.exchange):
+            print(f"spark-cnn: removed what run {run_id} left in {self.store_kind} "
+                  "(its driver is gone)", file=sys.stderr)
+
+    def forward_stage(self, job, data_bc, state_bc, items):
+        """Each batch forward, its matrices stored -> its ForwardResults, in batch order."""
+        results = self.sc.parallelize(items, len(items)).map(
+            functools.partial(forward_task, job, data_bc, state_bc)).collect()
+        return sorted(results, key=lambda r: r.batch)
+
+    def backward_stage(self, job, data_bc, state_bc, dscores_bc, forward):
+        """Each batch backward on the node that ran its forward task -> BackwardResult (summed)."""
+        records = [r.record for r in forward]
+        placed = located_rdd(self.sc, list(zip([r.to_json() for r in records],
+                                               self._preferred_hosts(records))))
+        return placed.map(functools.partial(backward_task, job, data_bc, state_bc, dscores_bc)
+                          ).reduce(add_results)
+
+    def _preferred_hosts(self, records):
+        """For each batch record, the executor host that ran its forward task (None if unknown)."""
+        known = executor_hosts(self.sc)
+        return [next((h for h in record.hosts if h in known), None) for record in records]
+
+    def release(self, quietly=False):
+        """After an iteration (`quietly`: while another error is on its way): delete
+        every matrix this run has stored."""
+        if quietly:
+            self.clear_quietly()
+        else:
+            self.clear_intermediates()
+
+    # ----- prediction and the end -------------------------------------------
     def predict_scores(self, images, progress=None):
         items = split_batches(len(images), self.batches)
-        images_bc = self._broadcast_images(images)
+        data_bc = self._broadcast_data(images)
         state_bc = self.sc.broadcast({"params": self.params(), "index": np.arange(len(images))})
         try:
-            results = self._batch_stage("predict", predict_task, self.job(), images_bc, state_bc,
+            results = self._batch_stage("predict", predict_task, self.job(), data_bc, state_bc,
                                         items)
         finally:
             state_bc.unpersist()
@@ -215,6 +272,6 @@ class SparkCNN(CNN):
             if self._heartbeat is not None:
                 self._heartbeat.stop()
                 self._heartbeat = None
-            if self._images is not None:
-                self._images[1].unpersist()
-                self._images = None
+            for _, broadcast in self._data:
+                broadcast.unpersist()
+            self._data = []

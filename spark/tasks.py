@@ -17,8 +17,11 @@ Without a store: the `spark` exchange keeps each batch's forward pass as a
 `KeptBatch`, the element of a persisted RDD (`kept_forward_task`), and sends
 the driver only its `BatchScores` through an accumulator (`ScoresByBatch`);
 `kept_backward_task` maps over the same RDD. The `none` exchange runs
-forward, loss and backward in one task (`fused_task`) and returns a
-`LossResult`.
+forward, loss and backward in one task (`fused_task`, the local trainer's
+CNN.loss_and_gradients on the batch's rows) and returns a `LossResult`.
+
+Every task reads the run's images (and labels) from one broadcast of
+(images, labels), sent once per run.
 """
 import functools
 import json
@@ -34,7 +37,6 @@ from pyspark.accumulators import AccumulatorParam
 from . import im2col
 from .cnn import CNN, chunk_slices
 from .storage.exchange import ExchangeConfig, address_is_local, open_matrix_store
-from .loss import softmax_loss
 from .data.preprocess import batch_input
 from .recipe import slice_augmentation
 from .storage.store import StoreAuthError, StoreError
@@ -178,13 +180,13 @@ def _backward_chunks(net, images, index, augment, dscores, caches, inputs):
     return grads
 
 
-def predict_task(job, images_bc, state_bc, item):
+def predict_task(job, data_bc, state_bc, item):
     """item: (batch, offset, count) -> PredictResult. Nothing is stored."""
     batch, offset, count = item
     state = state_bc.value
     net = _network(job.network, state["params"])
     index = state["index"][offset:offset + count]
-    scores = np.concatenate([net.forward(batch_input(images_bc.value, index, rows,
+    scores = np.concatenate([net.forward(batch_input(data_bc.value[0], index, rows,
                                                      dtype=net.dtype))[0]
                              for rows in chunk_slices(count, net.chunk)])
     return PredictResult(batch, scores)
@@ -194,7 +196,7 @@ def _cache_key(job, batch, layer, name):
     return f"iteration-{job.iteration:06d}/batch-{batch:05d}/{layer}-{name}"
 
 
-def forward_task(job, images_bc, state_bc, item):
+def forward_task(job, data_bc, state_bc, item):
     """Forward pass of one batch; its caches go to the matrix store -> ForwardResult.
 
     item: (batch, offset, count): the batch covers rows offset..offset+count of
@@ -203,7 +205,7 @@ def forward_task(job, images_bc, state_bc, item):
     batch, offset, count = item
     started = time.perf_counter()
     state, net, index, augment = _open_batch(job, state_bc, offset, count)
-    scores, caches, input_entries = _forward_chunks(net, images_bc.value, index, augment)
+    scores, caches, input_entries = _forward_chunks(net, data_bc.value[0], index, augment)
     computed = time.perf_counter()
     store = open_matrix_store(job.exchange)
     keys, written = [], 0
@@ -239,7 +241,7 @@ def _read_caches(net, store, record):
     return caches, local, nbytes
 
 
-def backward_task(job, images_bc, state_bc, dscores_bc, record_json):
+def backward_task(job, data_bc, state_bc, dscores_bc, record_json):
     """Backward pass of the batch a forward task described -> BackwardResult.
 
     record_json: a BatchRecord as JSON. When its matrices are missing or
@@ -259,11 +261,11 @@ def backward_task(job, images_bc, state_bc, dscores_bc, record_json):
     except StoreError as e:
         print(f"spark-cnn: iteration {job.iteration + 1} batch {record.batch}: its matrices are "
               f"gone ({e}); recomputing its forward pass", file=sys.stderr, flush=True)
-        _, caches, inputs = _forward_chunks(net, images_bc.value, index, augment)
+        _, caches, inputs = _forward_chunks(net, data_bc.value[0], index, augment)
         recomputed, local, nbytes = 1, None, 0
     loaded = time.perf_counter()
     dscores = dscores_bc.value[offset:offset + count]
-    grads = _backward_chunks(net, images_bc.value, index, augment, dscores, caches, inputs)
+    grads = _backward_chunks(net, data_bc.value[0], index, augment, dscores, caches, inputs)
     stats = {"store_read_s": loaded - started, "task_backward_s": time.perf_counter() - loaded,
              "im2col": [im2col.backend()], "recomputed_batches": recomputed,
              "backward_reads_local": int(local is True), "backward_reads_remote": int(local is False),
@@ -346,7 +348,7 @@ def _cache_bytes(caches):
     return sum(a.nbytes for cache in caches for a in cache.values())
 
 
-def kept_forward_task(job, images_bc, state_bc, scores_acc, items):
+def kept_forward_task(job, data_bc, state_bc, scores_acc, items):
     """mapPartitions over [(batch, offset, count)] -> a KeptChunk per chunk of the batch,
     persisted by Spark (and recomputed by this same function when a block is lost);
     the batch's BatchScores go to the driver through `scores_acc` (a ScoresByBatch
@@ -356,7 +358,7 @@ def kept_forward_task(job, images_bc, state_bc, scores_acc, items):
         state, net, index, augment = _open_batch(job, state_bc, offset, count)
         stage, kept_bytes, scores = _stage_id(), 0, None
         for rows in chunk_slices(count, net.chunk):
-            x = batch_input(images_bc.value, index, rows, augment, net.dtype)  # (n_chunk, H, W, C)
+            x = batch_input(data_bc.value[0], index, rows, augment, net.dtype)  # (n_chunk, H, W, C)
             chunk_scores, caches = net.forward_kept(x)
             if scores is None:
                 scores = np.empty((count,) + chunk_scores.shape[1:], chunk_scores.dtype)
@@ -372,7 +374,7 @@ def kept_forward_task(job, images_bc, state_bc, scores_acc, items):
         scores_acc.add({batch: BatchScores(batch, scores, stats)})
 
 
-def kept_backward_task(job, images_bc, state_bc, dscores_bc, chunks):
+def kept_backward_task(job, data_bc, state_bc, dscores_bc, chunks):
     """mapPartitions over one batch's KeptChunks -> [BackwardResult]."""
     grads, started, recomputed, stage = None, time.perf_counter(), 0, _stage_id()
     for kept in chunks:
@@ -381,7 +383,7 @@ def kept_backward_task(job, images_bc, state_bc, dscores_bc, chunks):
         rows = slice(kept.start, kept.stop)
         chunk_caches = kept.caches
         if kept.inputs:
-            x = batch_input(images_bc.value, index, rows, augment, net.dtype)
+            x = batch_input(data_bc.value[0], index, rows, augment, net.dtype)
             for layer, name in kept.inputs:
                 chunk_caches[layer][name] = x
         dscores = dscores_bc.value[kept.offset + kept.start:kept.offset + kept.stop]
@@ -400,33 +402,19 @@ def kept_backward_task(job, images_bc, state_bc, dscores_bc, chunks):
     yield BackwardResult(grads, stats)
 
 
-def fused_task(job, images_bc, state_bc, item):
-    """Forward, softmax loss and backward of one batch, chunk by chunk -> LossResult.
+def fused_task(job, data_bc, state_bc, item):
+    """Forward, softmax loss and backward of one batch -> LossResult.
 
-    item: (batch, offset, count). The state broadcast holds, besides "params",
-    "index" and "augment", the iteration's "labels" (N,) and the label
-    "smoothing"; the loss is normalised by the minibatch size N, as the local
-    trainer does, so the tasks' results add up to the minibatch's.
+    item: (batch, offset, count). The loss and gradients are those of the
+    local trainer's chunks (CNN.loss_and_gradients), normalised by the
+    minibatch size N, so the tasks' results add up to the minibatch's.
     """
     batch, offset, count = item
     state, net, index, augment = _open_batch(job, state_bc, offset, count)
-    labels = state["labels"][offset:offset + count]
-    normalizer = len(state["index"])
-    grads = {name: np.zeros_like(p) for name, p in net.params().items()}
-    loss, forward_s, backward_s = 0.0, 0.0, 0.0
-    for rows in chunk_slices(count, net.chunk):
-        t0 = time.perf_counter()
-        x = batch_input(images_bc.value, index, rows, augment, net.dtype)  # (n_chunk, H, W, C)
-        scores, caches = net.forward_kept(x)       # rounded as the two-stage exchanges store them
-        chunk_loss, dscores = softmax_loss(scores, labels[rows], normalizer=normalizer,
-                                           smoothing=state["smoothing"])
-        t1 = time.perf_counter()
-        for name, g in net.backward(dscores, caches).items():
-            grads[name] += g
-        loss += chunk_loss
-        forward_s += t1 - t0
-        backward_s += time.perf_counter() - t1
-    stats = {"task_forward_s": forward_s, "task_backward_s": backward_s,
+    images, labels = data_bc.value
+    loss, grads, timings = net.loss_and_gradients(images, labels, index, None, augment,
+                                                  normalizer=len(state["index"]))
+    stats = {"task_forward_s": timings["forward_s"], "task_backward_s": timings["backward_s"],
              "im2col": [im2col.backend()], "backward_hosts": list(node_names(job.driver_host)[:1])}
     return LossResult(loss, grads, stats)
 

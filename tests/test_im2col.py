@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import spark.im2col as im
+import spark.im2col_numpy as im2col_numpy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DTYPES = [np.float32, np.float64]
@@ -586,7 +587,7 @@ def test_public_maxpool_functions_are_native():
 def test_kernels_overwrite_their_whole_output(impl, dtype):
     # The front ends allocate outputs with np.empty: every kernel must write
     # every element (prefilled NaN must not survive).
-    k = _kernels() if impl == "native" else im._NUMPY_KERNELS
+    k = _kernels() if impl == "native" else im2col_numpy
     rng = np.random.default_rng(41)
     x = rng.standard_normal((2, 7, 6, 3)).astype(dtype)
     for kh, kw, s, p in [(3, 2, 2, 1), (2, 2, 3, 0), (1, 1, 1, 2)]:
@@ -849,7 +850,7 @@ def test_native_maxpool_relu_keeps_the_c_guards():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("impl", ["native", "numpy"])
 def test_maxpool_relu_kernels_overwrite_their_whole_output(impl, dtype):
-    k = _kernels() if impl == "native" else im._NUMPY_KERNELS
+    k = _kernels() if impl == "native" else im2col_numpy
     rng = np.random.default_rng(43)
     x = rng.standard_normal((2, 7, 6, 11)).astype(dtype)
     bias = rng.standard_normal(11).astype(dtype)

@@ -26,6 +26,11 @@ class Layer:
         """The layer's settings as a JSON-ready dict (the inverse of `build_layer`)."""
         return {"type": self.kind}
 
+    def configs(self):
+        """The arch entries this layer stands for: [config()], except for a
+        layer made of several (spark.conv_relu_pool)."""
+        return [self.config()]
+
     def forward(self, x):
         raise NotImplementedError
 

@@ -23,7 +23,8 @@ class Layer:
         self.out_shape = self.in_shape
 
     def config(self):
-        """The layer's settings as a JSON-ready dict (the inverse of `build_layer`)."""
+        """The layer's settings as a JSON-ready dict: its entry of an arch list, as
+        spark.cnn.build_layers reads it."""
         return {"type": self.kind}
 
     def configs(self):

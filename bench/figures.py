@@ -129,44 +129,32 @@ class TrainingTimes:
         return self.seconds[key]
 
 
-def unfuse(layers):
-    """Undo spark.conv.fuse_conv_relu_pool: conv, ReLU and pool each do their own pass."""
-    for layer in layers:
-        if layer.kind == "conv":
-            layer.pool = None
-        elif layer.kind in ("relu", "pool"):
-            layer.absorbed_by = None
-    return layers
-
-
-def profile_network(net, x, labels, chunk, repeats):
+def profile_network(layers, x, labels, chunk, repeats):
     """Each layer's forward and backward, called directly chunk by chunk on x
     (n, H, W, C) -> [(layer, forward us per image, backward us per image)], the
-    medians over `repeats` passes; layers that pass data through are left out."""
+    medians over `repeats` passes; a ConvReluPool is one "conv + relu + pool" row."""
     from spark.loss import softmax_loss
     n = len(x)
     passes = []
     for _ in range(repeats):
-        forward = [0.0] * len(net.layers)
-        backward = [0.0] * len(net.layers)
+        forward = [0.0] * len(layers)
+        backward = [0.0] * len(layers)
         for start in range(0, n, chunk):
             out, caches = x[start:start + chunk], []
-            for i, layer in enumerate(net.layers):
+            for i, layer in enumerate(layers):
                 started = time.perf_counter()
                 out, cache = layer.forward(out)
                 forward[i] += time.perf_counter() - started
                 caches.append(cache)
             _, dout = softmax_loss(out, labels[start:start + chunk], normalizer=n)
-            for i in reversed(range(len(net.layers))):
+            for i in reversed(range(len(layers))):
                 started = time.perf_counter()
-                dout, _ = net.layers[i].backward(dout, caches[i])
+                dout, _ = layers[i].backward(dout, caches[i])
                 backward[i] += time.perf_counter() - started
         passes.append((forward, backward))
     rows = []
-    for i, layer in enumerate(net.layers):
-        if getattr(layer, "absorbed_by", None):
-            continue
-        name = layer.kind + (" + relu + pool" if getattr(layer, "pool", None) else "")
+    for i, layer in enumerate(layers):
+        name = " + ".join(config["type"] for config in layer.configs())
         rows.append((name, statistics.median(f[i] for f, _ in passes) / n * 1e6,
                      statistics.median(b[i] for _, b in passes) / n * 1e6))
     return rows
@@ -175,19 +163,20 @@ def profile_network(net, x, labels, chunk, repeats):
 def layer_profile(images, labels, repeats):
     """{"layer by layer": rows, "as run (fused)": rows} of profile_network, one
     thread and one BLAS thread, chunks of the trainer's size."""
+    import numpy as np
     from threadpoolctl import threadpool_limits
-    from spark.cnn import CNN
+    from spark.cnn import CNN, build_layers
     from spark.data.preprocess import normalize_images
     x = normalize_images(images)                                  # (n, H, W, C) float32
     fused = CNN(threads=1)
-    unfused = CNN(threads=1)
-    unfuse(unfused.layers)
+    unfused = build_layers(fused.arch, fused.input_shape, fused.dtype,
+                           np.random.default_rng(fused.seed), fuse=False)
     with threadpool_limits(limits=1, user_api="blas"):
-        profile_network(fused, x[:fused.chunk], labels, fused.chunk, 1)      # warm-up
+        profile_network(fused.layers, x[:fused.chunk], labels, fused.chunk, 1)      # warm-up
         return {"separate passes (as in 2016)":
-                profile_network(unfused, x, labels, unfused.chunk, repeats),
+                profile_network(unfused, x, labels, fused.chunk, repeats),
                 "as run (conv+ReLU+pool fused)":
-                profile_network(fused, x, labels, fused.chunk, repeats)}
+                profile_network(fused.layers, x, labels, fused.chunk, repeats)}
 
 
 def spark_job_span(log_dir):

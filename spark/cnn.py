@@ -23,7 +23,8 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .conv import Conv, fuse_conv_relu_pool
+from .conv import Conv
+from .conv_relu_pool import ConvReluPool
 from .fc import FullyConnected
 from .loss import l2_penalty, softmax_loss
 from .pool import MaxPool
@@ -68,8 +69,14 @@ def chunk_slices(n, chunk):
     return [slice(start, min(n, start + chunk)) for start in range(0, n, chunk)]
 
 
-def build_layers(arch, input_shape, dtype, rng):
-    """Layer objects for `arch` (a list of dicts) on per-image `input_shape` (H, W, C)."""
+def build_layers(arch, input_shape, dtype, rng, fuse=True):
+    """Layer objects for `arch` (a list of dicts) on per-image `input_shape` (H, W, C).
+
+    Layer i + 1 of `arch` is named after its type and position ("conv1", "fc4").
+    With `fuse`, each conv, ReLU and max pool in a row that ConvReluPool.fits
+    (windows of at most 4 values, no overlap) are returned as one ConvReluPool
+    made of them: the same parameters, names and configs, other caches.
+    """
     layers, shape = [], tuple(input_shape)
     for index, spec in enumerate(arch):
         spec = dict(spec)
@@ -95,7 +102,18 @@ def build_layers(arch, input_shape, dtype, rng):
             raise ValueError(f"layer {index + 1} ({kind}): {e}") from None
         layers.append(layer)
         shape = layer.out_shape
-    return fuse_conv_relu_pool(layers)      # conv -> ReLU -> 2x2 pool in one pass
+    if not fuse:
+        return layers
+    picked, start = [], 0
+    while start < len(layers):
+        trio = layers[start:start + 3]
+        if len(trio) == 3 and ConvReluPool.fits(*trio):
+            picked.append(ConvReluPool(*trio))      # conv -> ReLU -> 2x2 pool in one pass
+            start += 3
+        else:
+            picked.append(layers[start])
+            start += 1
+    return picked
 
 
 class CNN:
@@ -122,7 +140,8 @@ class CNN:
         self.threads = int(threads) if threads else default_threads()
         self.layers = build_layers(arch, self.input_shape, self.dtype,
                                    np.random.default_rng(self.seed))
-        self.arch = [layer.config() for layer in self.layers]      # canonical, JSON-ready
+        # canonical, JSON-ready: one dict per entry of `arch`
+        self.arch = [config for layer in self.layers for config in layer.configs()]
         if len(self.layers[-1].out_shape) != 1:
             raise ValueError("the last layer must be fully connected (it gives the class scores)")
         self.num_classes = self.layers[-1].out_shape[0]
@@ -155,7 +174,8 @@ class CNN:
 
     # ----- passes -----------------------------------------------------------
     def forward(self, x):
-        """x: (N, H, W, C) float -> scores (N, K), caches (one dict per layer)."""
+        """x: (N, H, W, C) float -> scores (N, K), caches (one dict per layer of
+        `self.layers`, where a ConvReluPool is one layer)."""
         caches = []
         for layer in self.layers:
             x, cache = layer.forward(x)

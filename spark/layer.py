@@ -23,8 +23,14 @@ class Layer:
         self.out_shape = self.in_shape
 
     def config(self):
-        """The layer's settings as a JSON-ready dict (the inverse of `build_layer`)."""
+        """The layer's settings as a JSON-ready dict: its entry of an arch list, as
+        spark.cnn.build_layers reads it."""
         return {"type": self.kind}
+
+    def configs(self):
+        """The arch entries this layer stands for: [config()], except for a
+        layer made of several (spark.conv_relu_pool)."""
+        return [self.config()]
 
     def forward(self, x):
         raise NotImplementedError

@@ -1,10 +1,10 @@
 """Loading of the native kernels of spark.im2col: the ``spark.matrix`` extension.
 
-:func:`load` finds the compiled extension, checks it and says what
-spark.im2col is to run: the extension's kernels, or the NumPy fallback and
-why.  ``SPARK_CNN_IM2COL=numpy`` forces the fallback, ``=native`` makes a
-failure to load the extension an ImportError, anything else (default
-``auto``) tries native and falls back with a warning, recording the reason.
+:func:`load` finds the compiled extension, checks it and returns it, or None
+and why spark.im2col is to run its NumPy fallback (spark.im2col_numpy).
+``SPARK_CNN_IM2COL=numpy`` forces the fallback, ``=native`` makes a failure
+to load the extension an ImportError, anything else (default ``auto``) tries
+native and falls back with a warning, recording the reason.
 
 A loaded extension must have the kernel API this code calls
 (``KERNEL_API``) and pass a self-test: the public functions built over its
@@ -48,18 +48,11 @@ KERNEL_API = 3  # spark.matrix.KERNEL_API: the kernel signatures spark.im2col ca
 
 
 class Native(NamedTuple):
-    """What :func:`load` found."""
+    """What :func:`load` found (spark.im2col.backend() says which back end is live)."""
 
     kernels: Any          # the spark.matrix module, or None: use the NumPy kernels
     path: str | None      # the loaded shared object
     error: str | None     # why the NumPy kernels are used (None when native)
-
-    @property
-    def backend(self) -> str:
-        return "native" if self.kernels is not None else "numpy"
-
-    def info(self) -> dict:
-        return {"backend": self.backend, "error": self.error, "path": self.path}
 
 
 # ------------------------------------------------------------ finding the .so

@@ -39,19 +39,11 @@ class MaxPool(Layer):
     def config(self):
         return {"type": self.kind, "size": [self.kh, self.kw], "stride": self.stride}
 
-    # Name of the conv layer that computes this layer's output in its own pass
-    # (spark.conv.fuse_conv_relu_pool); this layer then passes data through.
-    absorbed_by = None
-
     def forward(self, x):
-        if self.absorbed_by:
-            return x, {}
         out, argmax = maxpool_forward(x, self.kh, self.kw, self.stride)  # (N, OH, OW, C)
         return out, {"argmax": argmax}
 
     def backward(self, dout, cache):
-        if self.absorbed_by:
-            return dout, {}
         height, width, _ = self.in_shape
         dx = maxpool_backward(dout, cache["argmax"], height, width,
                               self.kh, self.kw, self.stride)       # (N, H, W, C)

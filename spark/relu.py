@@ -13,19 +13,11 @@ class ReLU(Layer):
 
     kind = "relu"
 
-    # Name of the conv layer that computes this layer's output in its own pass
-    # (spark.conv.fuse_conv_relu_pool); this layer then passes data through.
-    absorbed_by = None
-
     def forward(self, x):
-        if self.absorbed_by:
-            return x, {}
         positive = x > 0
         return np.maximum(x, 0), {"mask": np.packbits(positive, axis=-1)}
 
     def backward(self, dout, cache):
-        if self.absorbed_by:
-            return dout, {}
         channels = dout.shape[-1]
         positive = np.unpackbits(cache["mask"], axis=-1, count=channels).view(bool)
         return np.multiply(dout, positive, dtype=dout.dtype), {}

@@ -47,7 +47,8 @@ def test_float16_keeps_every_stored_float_array_of_a_deeper_network(synthetic_tr
     net = CNN(arch=_arch(TWO_BLOCKS), seed=2, exchange_dtype="float16")
     _, arrays, inputs = kept_bytes_per_image(net, synthetic_train.images, n=8)
     floats = {key: a.dtype for key, a in arrays.items() if a.dtype.kind == "f"}
-    assert inputs == [(0, "x")] and (3, "x") in floats and len(floats) == 2
+    # layers: conv1 + relu2 + pool3 and conv4 + relu5 + pool6 (ConvReluPool each), fc7
+    assert inputs == [(0, "x")] and (1, "x") in floats and len(floats) == 2
     assert set(floats.values()) == {np.dtype(np.float16)}
 
 

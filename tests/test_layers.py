@@ -113,16 +113,11 @@ def test_layers_reject_impossible_shapes():
 
 def _stack(arch, in_shape, fused, seed=8):
     from spark.cnn import build_layers
-    import spark.conv as conv_module
-    if fused:
-        return build_layers(arch, in_shape, np.float64, np.random.default_rng(seed))
-    original = conv_module.fuse_conv_relu_pool
-    import spark.cnn as cnn_module
-    cnn_module.fuse_conv_relu_pool = lambda layers: layers
-    try:
-        return build_layers(arch, in_shape, np.float64, np.random.default_rng(seed))
-    finally:
-        cnn_module.fuse_conv_relu_pool = original
+    return build_layers(arch, in_shape, np.float64, np.random.default_rng(seed), fuse=fused)
+
+
+def _params(layers):
+    return {f"{layer.name}.{key}": value for layer in layers for key, value in layer.params.items()}
 
 
 def _run(layers, x, dout):
@@ -150,20 +145,23 @@ FUSED_ARCHS = [
 
 @pytest.mark.parametrize("in_shape, arch", FUSED_ARCHS)
 def test_fused_conv_relu_pool_equals_the_separate_layers(in_shape, arch, monkeypatch):
-    from spark.conv import Conv
-    monkeypatch.setattr(Conv, "block_pixels", 2 * in_shape[0] * in_shape[1])  # 2 images a block
+    from spark.conv_relu_pool import ConvReluPool
+    monkeypatch.setattr(ConvReluPool, "block_pixels", 2 * in_shape[0] * in_shape[1])  # 2 a block
     rng = np.random.default_rng(9)
     fused, plain = _stack(arch, in_shape, True), _stack(arch, in_shape, False)
-    conv = fused[-3]
-    assert conv.pool is not None and fused[-2].absorbed_by == fused[-1].absorbed_by == conv.name
-    assert all(getattr(layer, "pool", None) is None for layer in plain)
-    assert [l.config() for l in fused] == [l.config() for l in plain]
+    sandwich = fused[-1]
+    assert isinstance(sandwich, ConvReluPool) and sandwich.name == plain[-3].name
+    assert [part.name for part in (sandwich.conv, sandwich.relu, sandwich.pool)] == \
+        [layer.name for layer in plain[-3:]]
+    assert not any(isinstance(layer, ConvReluPool) for layer in plain)
+    assert [c for layer in fused for c in layer.configs()] == [l.config() for l in plain]
     for layer in plain:                        # same parameters: a bias that matters
         for key, value in layer.params.items():
             value[...] = rng.standard_normal(value.shape) * 0.5
-    for a, b in zip(fused, plain):
-        for key in a.params:
-            a.params[key][...] = b.params[key]
+    fused_params, plain_params = _params(fused), _params(plain)
+    assert list(fused_params) == list(plain_params)
+    for name, value in plain_params.items():
+        fused_params[name][...] = value
     x = rng.standard_normal((5,) + in_shape)
     dout = rng.standard_normal((5,) + plain[-1].out_shape)
     out_f, caches_f, grads_f, _ = _run(fused, x, dout)
@@ -173,47 +171,53 @@ def test_fused_conv_relu_pool_equals_the_separate_layers(in_shape, arch, monkeyp
     for name in grads_p:
         np.testing.assert_allclose(grads_f[name], grads_p[name], rtol=1e-12, atol=1e-12,
                                    err_msg=name)
-    assert caches_f[-1] == {} and caches_f[-2] == {}
-    assert set(caches_f[-3]) == {"x", "argmax", "positive"}
+    assert len(caches_f) == len(plain) - 2         # no caches of the ReLU and pool alone
+    assert set(caches_f[-1]) == {"x", "argmax", "positive"}
 
 
 def test_fused_conv_relu_pool_gradients_match_numerical():
-    from spark.conv import Conv
-    from spark.pool import MaxPool
+    from spark.conv_relu_pool import ConvReluPool
     rng = np.random.default_rng(10)
     conv = Conv("conv", (6, 7, 2), 9, (3, 2), 1, 1, dtype=np.float64, rng=rng)
     relu = ReLU("relu", conv.out_shape, dtype=np.float64)
     pool = MaxPool("pool", conv.out_shape, 2, 2, dtype=np.float64)
-    conv.fuse(relu, pool)
+    stage = ConvReluPool(conv, relu, pool)
+    assert stage.params is conv.params and stage.out_shape == pool.out_shape
     conv.params["b"][...] = rng.standard_normal(9) * 0.3
-
-    class Stage:                       # the fused conv, with the shape it outputs
-        params, out_shape = conv.params, pool.out_shape
-        forward, backward = conv.forward, conv.backward
-
     x = rng.standard_normal((3, 6, 7, 2))
-    check_layer(Stage(), x, rng)
+    check_layer(stage, x, rng)
 
 
 def test_default_network_fuses_and_stores_less_per_image():
     from spark.cnn import CNN
+    from spark.conv_relu_pool import ConvReluPool
     net = CNN()
-    conv, relu, pool, fc = net.layers
-    assert conv.pool is not None and relu.absorbed_by == pool.absorbed_by == "conv1"
+    sandwich, fc = net.layers
+    assert isinstance(sandwich, ConvReluPool) and sandwich.name == "conv1"
+    assert [part.name for part in (sandwich.conv, sandwich.relu, sandwich.pool)] == \
+        ["conv1", "relu2", "pool3"]
     assert sorted(net.params()) == ["conv1.W", "conv1.b", "fc4.W", "fc4.b"]
     x = np.random.default_rng(11).standard_normal((4, 32, 32, 3)).astype(np.float32)
-    _, caches = net.forward(x)
+    scores, caches = net.forward(x)
     stored = sum(a.nbytes for cache in caches for a in cache.values() if a is not x)
     # fc input 16*16*64 float32 + 2-bit argmax + 1-bit ReLU mask of the pooled values
     assert stored / 4 == 16 * 16 * 64 * (4 + 0.25 + 0.125) == 71680
     assert caches[0]["x"] is x
+    # the first layer computes no input gradient
+    dx, grads = sandwich.backward(np.ones((4,) + sandwich.out_shape, np.float32), caches[0])
+    assert sandwich.input_grad is False and dx is None and set(grads) == {"W", "b"}
+    with pytest.raises(TypeError, match="configs"):
+        sandwich.config()
 
 
 def test_overlapping_or_large_pool_is_not_fused():
     from spark.cnn import build_layers
+    from spark.conv_relu_pool import ConvReluPool
     for pool in ({"type": "pool", "size": 3, "stride": 2},
                  {"type": "pool", "size": 3, "stride": 3}):
         layers = build_layers([{"type": "conv", "filters": 2, "size": 3, "pad": 1},
                                {"type": "relu"}, pool], (8, 8, 1), np.float32,
                               np.random.default_rng(0))
-        assert layers[0].pool is None and layers[1].absorbed_by is None
+        assert [layer.kind for layer in layers] == ["conv", "relu", "pool"]
+        with pytest.raises(ValueError, match="not a conv, ReLU and a max pool"):
+            ConvReluPool(*layers)

@@ -123,6 +123,18 @@ class AllReduceCNN(InMemoryCNN):
             if on_row is not None:
                 on_row(row)
 
+        counters = {}
+
+        def moving(iteration, fraction):
+            """A beat of rank 0 in a long iteration: its progress counter."""
+            if progress is None:
+                return
+            counter = counters.get(iteration)
+            if counter is None:
+                counter = counters[iteration] = progress(iteration)
+            if counter is not None:
+                counter.update(int(fraction * run.batch_size) - counter.done)
+
         for attempt in range(1, attempts + 1):
             if attempt > 1:
                 tasks = self._tasks()
@@ -131,7 +143,7 @@ class AllReduceCNN(InMemoryCNN):
                           f"had: going on with {tasks} tasks", file=sys.stderr, flush=True)
                 self.batches = tasks
             try:
-                results = self._attempt(data_bc, run, end, live)
+                results = self._attempt(data_bc, run, end, live, moving)
                 break
             except SegmentError:
                 raise
@@ -147,7 +159,7 @@ class AllReduceCNN(InMemoryCNN):
                       file=sys.stderr, flush=True)
         return self._take(results, began, on_row, printed)
 
-    def _attempt(self, data_bc, run, end, on_row):
+    def _attempt(self, data_bc, run, end, on_row, on_progress):
         """One try of a segment -> the tasks' SegmentResults, by rank."""
         token = secrets.token_bytes(16)
         state_bc = self.sc.broadcast({"params": self.params(), "velocity": self.velocity})
@@ -155,7 +167,8 @@ class AllReduceCNN(InMemoryCNN):
         timeout = self.exchange.io_timeout
         coordinator = Coordinator(self._driver, self.batches, token, timeout,
                                   start_timeout=SLOT_WAIT + timeout, on_row=on_row,
-                                  on_stall=lambda reason: self.sc.cancelJobGroup(group))
+                                  on_stall=lambda reason: self.sc.cancelJobGroup(group),
+                                  on_progress=on_progress)
         job = SegmentJob(network=self.network_spec(), run=run, start=self.iteration, end=end,
                          seconds=None if run.save_every else run.segment_seconds,
                          size=self.batches, coordinator=coordinator.address, timeout=timeout,

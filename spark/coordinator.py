@@ -10,7 +10,9 @@ connects a `CoordinatorClient` to it and
 - rank 0 sends the metrics rows of the iterations it finished, every half
   second (progress lines while the segment runs; the rows that count come
   back with the results);
-- a thread of every task sends a beat every second, SIGSTOP or not.
+- a thread of every task sends a beat every second (not when SIGSTOPped),
+  rank 0's with how far it is in its iteration (a progress line for long
+  iterations).
 
 The coordinator calls `on_stall(reason)` once when a task that said hello
 has sent nothing for `timeout` seconds, or when the K tasks have not all
@@ -28,10 +30,11 @@ ROWS_EVERY = 0.5
 
 
 class Coordinator:
-    def __init__(self, host, size, token, timeout, start_timeout, on_row=None, on_stall=None):
+    def __init__(self, host, size, token, timeout, start_timeout, on_row=None, on_stall=None,
+                 on_progress=None):
         self.size, self.token = int(size), bytes(token)
         self.timeout, self.start_timeout = float(timeout), float(start_timeout)
-        self.on_row, self.on_stall = on_row, on_stall
+        self.on_row, self.on_stall, self.on_progress = on_row, on_stall, on_progress
         self.failure = None                      # why the segment was cancelled, if it was
         self.hosts = {}                          # rank -> the task's node
         self._context = zmq.Context(io_threads=1)
@@ -66,6 +69,8 @@ class Coordinator:
                     elif kind == "rows" and self.on_row is not None:
                         for row in body["rows"]:
                             self.on_row(row)
+                    elif kind == "beat" and body.get("progress") and self.on_progress is not None:
+                        self.on_progress(*body["progress"])
                 self._watch(hello, seen, started)
         finally:
             self._socket.close(linger=0)
@@ -112,6 +117,25 @@ class Coordinator:
         self.close()
 
 
+class Counter:
+    """How far a task is in its current iteration: the beats carry it to the driver."""
+
+    def __init__(self):
+        self.iteration, self.done, self.total = None, 0, 0
+
+    def start(self, iteration, total):
+        self.iteration, self.done, self.total = iteration, 0, total
+
+    def update(self, n=1):
+        self.done += n
+
+    def now(self):
+        """[iteration, fraction done] of the iteration under way, or None."""
+        if self.iteration is None or not self.total:
+            return None
+        return [self.iteration, self.done / self.total]
+
+
 class CoordinatorClient:
     """A task's end: rendezvous, rows, and a beat every second from a thread of its own."""
 
@@ -122,6 +146,7 @@ class CoordinatorClient:
         self._socket = self._dealer()
         self._socket.setsockopt(zmq.LINGER, 1000)    # rows still queued at the end: 1 s to go
         self._rows, self._sent = [], time.monotonic()
+        self.progress = Counter()
         self._stop = threading.Event()
         self._beats = threading.Thread(target=self._beat, name="spark-cnn-beat", daemon=True)
         self._beats.start()
@@ -140,7 +165,7 @@ class CoordinatorClient:
         socket = self._dealer()                      # ZeroMQ sockets are not shared by threads
         try:
             while not self._stop.wait(BEAT_EVERY):
-                self._send(socket, "beat")
+                self._send(socket, "beat", progress=self.progress.now())
         finally:
             socket.close(linger=0)
 

@@ -49,5 +49,6 @@ PROGRESS_FROM = 20000
 
 
 def progress_for(total, label):
-    """A Progress for `total` units of work worth showing, else None."""
-    return Progress(total, label) if total >= PROGRESS_FROM else None
+    """A Progress for `total` units of work worth showing (a line every 5 s off a
+    terminal), else None."""
+    return Progress(total, label, every=5.0) if total >= PROGRESS_FROM else None

@@ -183,9 +183,10 @@ def _train_summing(net, mesh, client, job, images, labels, rank):
     m, rows, started = job.run.batch_size, [], time.perf_counter()
     for i in range(job.start, job.end):
         began = time.perf_counter()
-        index, augment, lr, _ = _share(job, rank, i)
-        loss, grads, timings = net.loss_and_gradients(images, labels, index, None, augment,
-                                                      normalizer=m)
+        index, augment, lr, count = _share(job, rank, i)
+        client.progress.start(i, count)
+        loss, grads, timings = net.loss_and_gradients(images, labels, index, client.progress,
+                                                      augment, normalizer=m)
         stop = 1.0 if rank == 0 and _time_is_up(job, started) else 0.0
         computed = time.perf_counter()
         mesh.bytes_sent = 0
@@ -218,7 +219,9 @@ def _train_averaging(net, mesh, client, job, images, labels, rank):
     for i in range(job.start, job.end):
         began = time.perf_counter()
         index, augment, lr, count = _share(job, rank, i)
-        loss, grads, timings = net.loss_and_gradients(images, labels, index, None, augment)
+        client.progress.start(i, count)
+        loss, grads, timings = net.loss_and_gradients(images, labels, index, client.progress,
+                                                      augment)
         loss = net.regularize(loss, grads)
         t0 = time.perf_counter()
         net.update(grads, lr)

@@ -250,6 +250,44 @@ def test_rows_arrive_while_the_segment_runs(sc, synthetic_train):
     net.close()
 
 
+def test_a_long_iteration_shows_progress_while_it_runs(sc, synthetic_train):
+    """Rank 0's beats carry how far it is: the driver's progress counter moves
+    inside an iteration, before its row arrives."""
+    images, labels = synthetic_train.images, synthetic_train.labels
+    run = recipe(images=2000, minibatch=None)                       # full batch: 2 x 1000 images
+    net = AllReduceCNN(sc=sc, settings=settings(), batches=2, **run.network_options(), chunk=8)
+    seen = []
+
+    class Recorder:
+        def __init__(self, iteration):
+            self.iteration, self.done = iteration, 0
+
+        def update(self, n):
+            self.done += n
+            seen.append((self.iteration, self.done, time.monotonic()))
+
+    rows = {}
+    net.train_segment(images, labels, run, 4, progress=Recorder,
+                      on_row=lambda row: rows.setdefault(row["iteration"], time.monotonic()))
+    inside = [(i, done) for i, done, when in seen
+              if 0 < done < 2000 and when < rows.get(i + 1, float("inf"))]
+    assert inside, seen
+    net.close()
+
+
+def test_listening_sockets_of_a_segment_are_closed(sc, synthetic_train):
+    def listening():
+        return sorted(c.laddr for c in psutil.Process().net_connections("tcp")
+                      if c.status == psutil.CONN_LISTEN)
+
+    before = listening()
+    run = recipe()
+    net = AllReduceCNN(sc=sc, settings=settings(), batches=2, **run.network_options())
+    net.train_segment(synthetic_train.images[:200], synthetic_train.labels[:200], run, 2)
+    net.close()
+    assert listening() == before                      # the coordinator's port is closed again
+
+
 def test_too_many_tasks_for_the_slots_is_one_line(sc):
     started = time.monotonic()
     with pytest.raises(SegmentError, match=r"needs 4 task slots at once, the cluster has 3"):

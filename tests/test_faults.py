@@ -510,3 +510,18 @@ def test_spark_jvm_out_of_memory_ends_with_one_line_from_conf(tmp_path):
     assert "Spark's JVM stopped: Java heap space" in lines[0]
     assert "raise spark-submit --driver-memory" in lines[0]
     assert "INFO" not in result.stderr and "Using Spark's default log4j profile" not in result.stderr
+
+
+def test_allreduce_under_dynamic_allocation_is_one_line_saying_what_to_set(egg, synthetic_dir,
+                                                                          service_env, tmp_path):
+    """Spark refuses barrier stages under dynamic allocation; the run says so at once."""
+    env = job_env(service_env, tmp_path, synthetic_dir)
+    command = submit_command(egg, "locality_train.py", [40, 2, "--exchange", "allreduce"])
+    command[1:1] = ["--conf", "spark.dynamicAllocation.enabled=true",
+                    "--conf", "spark.shuffle.service.enabled=true"]
+    result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    line = one_error_line(result, "locality_train.py")
+    assert "dynamic allocation" in line and "spark.dynamicAllocation.enabled=false" in line
+    assert not (tmp_path / "params" / "locality.npz").exists()

@@ -32,7 +32,7 @@ __all__ = ["RedisStore", "parse_redis_addresses"]
 log = logging.getLogger(__name__)
 
 # Redis keys expire after this many seconds as a last resort, should every
-# clean-up be missed (SPARK_CNN_REDIS_TTL).
+# clean-up be missed.
 DEFAULT_TTL = 24 * 3600
 
 _HOSTPORT_RE = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.\-]+)):(?P<port>\d{1,5})$")

@@ -13,8 +13,8 @@ gone (a node lost, Redis flushed or restarted, HDFS files deleted) recomputes
 its batch's forward pass from the broadcast weights and images, which gives
 the same numbers, and counts it in `recomputed_batches`.
 
-Without a store: the `spark` exchange keeps each batch's forward pass as a
-`KeptBatch`, the element of a persisted RDD (`kept_forward_task`), and sends
+Without a store: the `spark` exchange keeps each batch's forward pass as
+`KeptChunk`s, the elements of a persisted RDD (`kept_forward_task`), and sends
 the driver only its `BatchScores` through an accumulator (`ScoresByBatch`);
 `kept_backward_task` maps over the same RDD. The `none` exchange runs
 forward, loss and backward in one task (`fused_task`, the local trainer's

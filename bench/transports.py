@@ -9,8 +9,7 @@ reduce-scatter then all-gather, through each candidate in turn:
 
 - zmq: spark.allreduce.Mesh, what --exchange allreduce uses (ZeroMQ PUSH/PULL);
 - tcp: plain sockets of the standard library, one connection per pair, a
-  thread sending while the task receives (what the simplest hand-written
-  transport does);
+  sender thread sending while the task receives (a hand-written transport);
 - redis: the node's Redis (SPARK_CNN_REDIS, its first address; password from
   SPARK_CNN_REDIS_PASSWORD[_FILE]): SET of each piece, RPUSH of its key to the
   owner's list, BLPOP and GET on the other side;
@@ -23,6 +22,7 @@ the arithmetic.
 """
 import json
 import os
+import queue
 import socket
 import struct
 import sys
@@ -79,11 +79,20 @@ def tcp_candidate(rank, addresses_of, rounds, data):
             got += conn.recv_into(view[got:])
         return out
 
+    outbox, sent = queue.Queue(), queue.Queue()
+
+    def sender():                    # one thread for the run: sends while the task receives
+        while (item := outbox.get()) is not None:
+            conn.sendall(item)
+            sent.put(True)
+
+    thread = threading.Thread(target=sender, daemon=True)
+    thread.start()
+
     def exchange(send, count):
-        sender = threading.Thread(target=conn.sendall, args=(memoryview(send).cast("B"),))
-        sender.start()
+        outbox.put(memoryview(send).cast("B"))
         got = receive(count)
-        sender.join()
+        sent.get()
         return got
 
     def one_round(grad, r):
@@ -96,6 +105,8 @@ def tcp_candidate(rank, addresses_of, rounds, data):
     try:
         return timed(rounds, one_round, data)
     finally:
+        outbox.put(None)
+        thread.join(10)
         conn.close()
         listener.close()
 

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from project import ROOT
+
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
 # Fixtures that reach the servers of scripts/services.sh: a test using one of
 # them (directly or through another fixture) is in the "services" tier.
@@ -55,7 +56,7 @@ def service_env() -> dict[str, str]:
     """The SPARK_CNN_* settings; starts the services when they are not set."""
     if all(os.environ.get(n) for n in ("SPARK_CNN_REDIS", "SPARK_CNN_WEBHDFS", "SPARK_CNN_HDFS")):
         return {n: os.environ.get(n, "") for n in _ENV_NAMES}
-    script = ROOT / "scripts" / "services.sh"
+    script = Path(ROOT, "scripts", "services.sh")
     try:
         proc = subprocess.run(["bash", str(script), "start"], capture_output=True, text=True,
                               timeout=900, stdin=subprocess.DEVNULL)
@@ -143,7 +144,7 @@ def egg(tmp_path_factory):
            "build", "--build-base", str(out / "build"),
            "bdist_egg", "--dist-dir", str(out / "dist"),
            "--bdist-dir", str(out / "bdist")]
-    proc = subprocess.run(cmd, cwd=str(ROOT), capture_output=True, text=True,
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     eggs = glob.glob(str(out / "dist" / "*.egg"))
@@ -157,7 +158,7 @@ def egg(tmp_path_factory):
 # The simulated multi-node cluster of scripts/cluster.sh (root only). Tests
 # that use the `cluster` fixture must be marked @pytest.mark.cluster.
 
-CLUSTER_SCRIPT = ROOT / "scripts" / "cluster.sh"
+CLUSTER_SCRIPT = Path(ROOT, "scripts", "cluster.sh")
 CLUSTER_NODES = 3
 
 

@@ -14,7 +14,8 @@ import pytest
 import redis
 
 from conftest import cluster_namespace_prefix
-from sparkjobs import ROOT, wait_for
+from project import ROOT
+from sparkjobs import wait_for
 
 pytestmark = pytest.mark.cluster
 

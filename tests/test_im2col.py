@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import spark.im2col as im
+from project import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DTYPES = [np.float32, np.float64]
 
 

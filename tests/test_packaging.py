@@ -5,7 +5,7 @@ import subprocess
 import sys
 import zipfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from project import ROOT
 
 
 def test_pip_wheel_installs_with_the_native_core(tmp_path):

@@ -9,7 +9,7 @@ import zlib
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from project import ROOT
 
 ALL_PLOTS = ["loss_iteration.png", "loss_wall.png", "lr_iteration.png",
              "accuracy_iteration.png", "accuracy_wall.png", "time_split.png"]

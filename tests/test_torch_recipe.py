@@ -11,8 +11,8 @@ import pytest
 from spark.arch import parse_arch
 from spark.cnn import CNN
 from spark.data.preprocess import normalize_images
+from project import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 from torch_recipe import recipe_iterations, torch_weights  # noqa: E402
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import redis
 
-from conftest import cluster_namespace_prefix
+from cluster import cluster_namespace_prefix
 from project import ROOT
 from sparkjobs import wait_for
 

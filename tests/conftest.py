@@ -1,6 +1,6 @@
 """Shared pytest fixtures and the hook that puts every test in a tier; the helpers
 they use are plain modules beside this file (project.py, services.py, cluster.py,
-sparkjobs.py), which the test files import too.
+sparkjobs.py, pngs.py), which the test files import too.
 
 Storage fixtures use the real Redis / HDFS servers: the SPARK_CNN_* variables
 printed by ``scripts/services.sh start`` if they are set, otherwise the
@@ -24,6 +24,9 @@ from services import SERVICE_ENV_NAMES, HdfsSettings, parse_exports
 
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+# pngs.py checks with plain asserts: rewritten, as in a test file, for their messages
+pytest.register_assert_rewrite("pngs")
 
 # Fixtures that reach the servers of scripts/services.sh: a test using one of
 # them (directly or through another fixture) is in the "services" tier.

@@ -5,8 +5,8 @@ import os
 import subprocess
 import sys
 
+from pngs import check_png
 from project import ROOT
-from test_report import check_png
 
 TIMING_PNGS = ["iteration_vs_images.png", "iteration_vs_batches.png", "layer_profile.png",
                "prediction_vs_images.png"]

@@ -28,20 +28,35 @@ if ROOT not in sys.path:
 # pngs.py checks with plain asserts: rewritten, as in a test file, for their messages
 pytest.register_assert_rewrite("pngs")
 
+# The tiers, pytest markers declared in pyproject.toml: every test is in one.
+TIERS = ("quick", "packaging", "services", "cluster")
 # Fixtures that reach the servers of scripts/services.sh: a test using one of
 # them (directly or through another fixture) is in the "services" tier.
 SERVICE_FIXTURES = {"service_env", "redis_addresses", "hdfs_settings"}
+# Fixtures that build the project (the egg spark-submit ships): a test using one
+# and no server is in the "packaging" tier.
+PACKAGING_FIXTURES = {"egg"}
 
 
 def pytest_collection_modifyitems(config, items):
-    """Put every test in one tier: cluster (marked by hand), services, or quick."""
+    """Put every test in one tier: cluster (marked by hand), services (a server
+    fixture), packaging (marked by hand, or the egg fixture), or quick."""
     for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
         if item.get_closest_marker("cluster"):
-            continue
-        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            pass
+        elif SERVICE_FIXTURES & fixtures:
             item.add_marker(pytest.mark.services)
+        elif item.get_closest_marker("packaging"):
+            pass
+        elif PACKAGING_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.packaging)
         else:
             item.add_marker(pytest.mark.quick)
+        tiers = sorted({mark.name for mark in item.iter_markers() if mark.name in TIERS})
+        if len(tiers) != 1:
+            raise pytest.UsageError(f"{item.nodeid} is in the tiers {', '.join(tiers)}: "
+                                    "a test must be in exactly one")
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ command, every chart and its numbers (also printed):
    time, read from the --accuracy metrics files (skipped without them).
 
 Every training run is a fresh process of a real entry script with --metrics
-(bench.run_trainer); the Spark ones need the egg and the services of
+(common.run_trainer); the Spark ones need the egg and the services of
 scripts/services.sh.
 """
 import datetime
@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 
-import bench
+import common
 
 MODES = ("hdfs", "redis", "spark", "none")
 # The 2016 report's per-layer profile, seconds per iteration (forward, backward).
@@ -85,7 +85,7 @@ def machine_description():
     blas = ", ".join(sorted({f"{i.get('internal_api')} {i.get('version')}"
                              for i in threadpool_info() if i.get("user_api") == "blas"}))
     java = command_output(["java", "-version"]).splitlines()
-    commit = command_output(["git", "-C", bench.ROOT, "describe", "--always", "--dirty"])
+    commit = command_output(["git", "-C", common.ROOT, "describe", "--always", "--dirty"])
     return [
         ("cores (nproc)", command_output(["nproc"])),
         ("CPU (lscpu)", f"{cpu.get('Model name', '?')}; {cpu.get('CPU(s)', '?')} CPU(s), "
@@ -119,11 +119,11 @@ class TrainingTimes:
         key = (mode, images, batches)
         if key not in self.seconds:
             if mode == "local":
-                records = bench.run_trainer("naive", images, self.args.iterations, self.args)
+                records = common.run_trainer("naive", images, self.args.iterations, self.args)
             else:
-                records = bench.run_trainer("locality", images, self.args.iterations, self.args,
+                records = common.run_trainer("locality", images, self.args.iterations, self.args,
                                             batches, extra=("--exchange", mode))
-            self.seconds[key] = bench.steady_iteration_time(records)
+            self.seconds[key] = common.steady_iteration_time(records)
             where = "local" if mode == "local" else f"Spark --exchange {mode}, B={batches}"
             print(f"  {where}, N={images}: {self.seconds[key]:.3f} s per iteration", flush=True)
         return self.seconds[key]
@@ -217,7 +217,7 @@ def spark_predict_seconds(args, images, mode, params_dir):
     the span of its Spark jobs (what runs after Spark, the data and the
     checkpoint are loaded)."""
     with tempfile.TemporaryDirectory() as logs:
-        bench.run_script("locality_test.py",
+        common.run_script("locality_test.py",
                          [images, 0, args.batches, "--exchange", mode, "--params-dir", params_dir],
                          args, distributed=True,
                          spark_conf=("spark.eventLog.enabled=true",
@@ -228,7 +228,7 @@ def spark_predict_seconds(args, images, mode, params_dir):
 
 def count_test_images(args):
     from spark.data.cifar10 import load_cifar10
-    folder = args.data_dir or os.path.join(bench.ROOT, "data", "cifar-10-batches-py")
+    folder = args.data_dir or os.path.join(common.ROOT, "data", "cifar-10-batches-py")
     return len(load_cifar10(folder, "test").labels)
 
 
@@ -349,7 +349,7 @@ def figure_iterations_by_batches(args, page, times, modes, save):
 
 def figure_profile(args, page, save):
     from spark import report
-    images, labels = bench.load_data(args, args.profile_images)
+    images, labels = common.load_data(args, args.profile_images)
     profiles = layer_profile(images, labels, repeats=3)
     panels = [dict(groups=[name for name, _, _ in rows],
                    bars={"forward": [f for _, f, _ in rows], "backward": [b for _, _, b in rows]},
@@ -387,10 +387,10 @@ def figure_prediction(args, page, modes, save):
     from spark import report
     from spark.cnn import CNN
     sizes = args.sizes
-    images, _ = bench.load_data(args, max(sizes))
+    images, _ = common.load_data(args, max(sizes))
     local = []
     for n in sizes:
-        rate, threads = bench.local_predict_rate(images[:n], args.iterations)
+        rate, threads = common.local_predict_rate(images[:n], args.iterations)
         local.append(n / rate)
         print(f"  local prediction, N={n}: {n / rate:.3f} s ({threads} threads)", flush=True)
     series = {f"local ({threads} threads)": (sizes, local)}
@@ -487,8 +487,8 @@ def figure_accuracy(args, page, save):
 
 def make_figures(args, argv):
     """Measure, draw the PNGs into args.out and write args.out/README.md."""
-    if bench.ROOT not in sys.path:
-        sys.path.insert(0, bench.ROOT)
+    if common.ROOT not in sys.path:
+        sys.path.insert(0, common.ROOT)
     from spark import report
     try:
         for name in ("sizes", "batch_counts"):
@@ -509,7 +509,7 @@ def make_figures(args, argv):
         sys.exit(f"bench.py: error: {e}")
     os.makedirs(args.out, exist_ok=True)
     if modes:
-        bench.egg(args.egg)                     # no egg: say so before measuring anything
+        common.egg(args.egg)                     # no egg: say so before measuring anything
 
     started, load_start = time.time(), load_average()
     machine = machine_description()

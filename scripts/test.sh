@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command: installs and builds (scripts/install.sh), starts the local
 # Redis and HDFS (scripts/services.sh), then runs pytest. Extra arguments go to
-# pytest (e.g. -m quick, -m services, -m cluster for one tier). Services this
-# script started are stopped at the end; ones already running are left running.
+# pytest (e.g. -m quick, -m packaging, -m services, -m cluster for one tier;
+# without -m, all four). Services this script started are stopped at the end;
+# ones already running are left running.
 # The cluster tier brings scripts/cluster.sh up and down itself.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

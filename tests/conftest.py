@@ -1,4 +1,6 @@
-"""Shared pytest fixtures.
+"""Shared pytest fixtures and the hook that puts every test in a tier; the helpers
+they use are plain modules beside this file (project.py, services.py, cluster.py,
+sparkjobs.py, pngs.py), which the test files import too.
 
 Storage fixtures use the real Redis / HDFS servers: the SPARK_CNN_* variables
 printed by ``scripts/services.sh start`` if they are set, otherwise the
@@ -10,52 +12,59 @@ from __future__ import annotations
 
 import glob
 import os
-import shlex
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from cluster import CLUSTER_NODES, Cluster, cluster_leftovers, cluster_namespace_prefix
+from project import ROOT
+from services import SERVICE_ENV_NAMES, HdfsSettings, parse_exports
 
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+# pngs.py checks with plain asserts: rewritten, as in a test file, for their messages
+pytest.register_assert_rewrite("pngs")
+
+# The tiers, pytest markers declared in pyproject.toml: every test is in one.
+TIERS = ("quick", "packaging", "services", "cluster")
 # Fixtures that reach the servers of scripts/services.sh: a test using one of
 # them (directly or through another fixture) is in the "services" tier.
 SERVICE_FIXTURES = {"service_env", "redis_addresses", "hdfs_settings"}
+# Fixtures that build the project (the egg spark-submit ships): a test using one
+# and no server is in the "packaging" tier.
+PACKAGING_FIXTURES = {"egg"}
 
 
 def pytest_collection_modifyitems(config, items):
-    """Put every test in one tier: cluster (marked by hand), services, or quick."""
+    """Put every test in one tier: cluster (marked by hand), services (a server
+    fixture), packaging (marked by hand, or the egg fixture), or quick."""
     for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
         if item.get_closest_marker("cluster"):
-            continue
-        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            pass
+        elif SERVICE_FIXTURES & fixtures:
             item.add_marker(pytest.mark.services)
+        elif item.get_closest_marker("packaging"):
+            pass
+        elif PACKAGING_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.packaging)
         else:
             item.add_marker(pytest.mark.quick)
-
-
-_ENV_NAMES = ("SPARK_CNN_REDIS", "SPARK_CNN_WEBHDFS", "SPARK_CNN_HDFS",
-              "SPARK_CNN_HDFS_USER", "SPARK_CNN_HDFS_ROOT")
-
-
-@dataclass(frozen=True)
-class HdfsSettings:
-    webhdfs: str  # http://127.0.0.1:19870
-    hdfs: str     # hdfs://127.0.0.1:19000
-    user: str
-    root: str     # /spark-cnn
+        tiers = sorted({mark.name for mark in item.iter_markers() if mark.name in TIERS})
+        if len(tiers) != 1:
+            raise pytest.UsageError(f"{item.nodeid} is in the tiers {', '.join(tiers)}: "
+                                    "a test must be in exactly one")
 
 
 @pytest.fixture(scope="session")
 def service_env() -> dict[str, str]:
     """The SPARK_CNN_* settings; starts the services when they are not set."""
     if all(os.environ.get(n) for n in ("SPARK_CNN_REDIS", "SPARK_CNN_WEBHDFS", "SPARK_CNN_HDFS")):
-        return {n: os.environ.get(n, "") for n in _ENV_NAMES}
-    script = ROOT / "scripts" / "services.sh"
+        return {n: os.environ.get(n, "") for n in SERVICE_ENV_NAMES}
+    script = Path(ROOT, "scripts", "services.sh")
     try:
         proc = subprocess.run(["bash", str(script), "start"], capture_output=True, text=True,
                               timeout=900, stdin=subprocess.DEVNULL)
@@ -63,13 +72,8 @@ def service_env() -> dict[str, str]:
         pytest.fail(f"{script} start did not finish in 900 s")
     if proc.returncode != 0:
         pytest.fail(f"{script} start failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-    env = {}
-    for line in proc.stdout.splitlines():
-        words = shlex.split(line)
-        if len(words) == 2 and words[0] == "export" and "=" in words[1]:
-            name, value = words[1].split("=", 1)
-            env[name] = value
-    missing = [n for n in _ENV_NAMES if not env.get(n)]
+    env = parse_exports(proc.stdout)
+    missing = [n for n in SERVICE_ENV_NAMES if not env.get(n)]
     if missing:
         pytest.fail(f"{script} start printed no value for {missing}; stdout was:\n{proc.stdout}")
     os.environ.update(env)
@@ -143,7 +147,7 @@ def egg(tmp_path_factory):
            "build", "--build-base", str(out / "build"),
            "bdist_egg", "--dist-dir", str(out / "dist"),
            "--bdist-dir", str(out / "bdist")]
-    proc = subprocess.run(cmd, cwd=str(ROOT), capture_output=True, text=True,
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     eggs = glob.glob(str(out / "dist" / "*.egg"))
@@ -154,122 +158,9 @@ def egg(tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------
-# The simulated multi-node cluster of scripts/cluster.sh (root only). Tests
-# that use the `cluster` fixture must be marked @pytest.mark.cluster.
-
-CLUSTER_SCRIPT = ROOT / "scripts" / "cluster.sh"
-CLUSTER_NODES = 3
-
-
-def _cluster_base_env(extra=None) -> dict[str, str]:
-    """os.environ without SPARK_CNN_* (those of scripts/services.sh would win over
-    the cluster's in `cluster.sh submit`), SPARK_CNN_CLUSTER_* kept, then `extra`."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("SPARK_CNN_") or k.startswith("SPARK_CNN_CLUSTER_")}
-    env.update(extra or {})
-    return env
-
-
-def _parse_exports(text: str) -> dict[str, str]:
-    env = {}
-    for line in text.splitlines():
-        words = shlex.split(line)
-        if len(words) == 2 and words[0] == "export" and "=" in words[1]:
-            name, value = words[1].split("=", 1)
-            env[name] = value
-    return env
-
-
-class Cluster:
-    """Handle on the cluster of scripts/cluster.sh: `.env` holds its exports
-    (SPARK_CNN_MASTER, SPARK_CNN_REDIS, SPARK_CNN_REDIS_PASSWORD_FILE, ...)."""
-
-    def __init__(self, nodes: int = CLUSTER_NODES, extra_env=None):
-        self.nodes = nodes
-        self.extra_env = dict(extra_env or {})
-        self.env: dict[str, str] = {}
-
-    def run(self, *args, env=None, timeout=900, check=False) -> subprocess.CompletedProcess:
-        """`bash scripts/cluster.sh ARGS...` with text output."""
-        proc = subprocess.run(["bash", str(CLUSTER_SCRIPT), *map(str, args)],
-                              env=_cluster_base_env({**self.extra_env, **(env or {})}),
-                              capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
-        if check and proc.returncode != 0:
-            pytest.fail(f"cluster.sh {' '.join(map(str, args))} failed "
-                        f"(exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-        return proc
-
-    def up(self) -> dict[str, str]:
-        """Start the cluster, or restart whatever of it is dead; fails the test if it cannot."""
-        try:
-            proc = self.run("up", self.nodes, check=True)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"{CLUSTER_SCRIPT} up {self.nodes} did not finish in 900 s")
-        self.env = _parse_exports(proc.stdout)
-        missing = [n for n in ("SPARK_CNN_MASTER", "SPARK_CNN_REDIS", "SPARK_CNN_REDIS_PASSWORD_FILE",
-                               "SPARK_CNN_WEBHDFS", "SPARK_CNN_HDFS", "SPARK_CNN_HDFS_USER",
-                               "SPARK_CNN_HDFS_ROOT") if not self.env.get(n)]
-        if missing:
-            pytest.fail(f"cluster.sh up printed no value for {missing}; stdout was:\n{proc.stdout}")
-        return self.env
-
-    def submit(self, script, *args, env=None, timeout=900) -> subprocess.CompletedProcess:
-        """`cluster.sh submit SCRIPT ARGS...` (in the current folder); `env` entries
-        (e.g. a SPARK_CNN_* override) win over the cluster's settings."""
-        return self.run("submit", script, *args, env=env, timeout=timeout)
-
-    def kill_node(self, k: int) -> subprocess.CompletedProcess:
-        return self.run("kill-node", k, check=True, timeout=120)
-
-    def status(self) -> subprocess.CompletedProcess:
-        return self.run("status", timeout=120)
-
-    def down(self) -> subprocess.CompletedProcess:
-        return self.run("down", timeout=300)
-
-
-def cluster_namespace_prefix(net: int = 0) -> str:
-    return "scn" if net == 0 else f"scn{net}"
-
-
-def cluster_leftovers(net: int = 0, netns_inodes=()) -> list[str]:
-    """What is left of the cluster on network N: namespaces, bridge, listeners on
-    10.231.N.x, processes in its namespaces (by inode) or started as its daemons."""
-    prefix = cluster_namespace_prefix(net)
-    left = []
-    if os.path.isdir("/run/netns"):
-        left += [f"namespace {n}" for n in os.listdir("/run/netns") if n.startswith(prefix + "-")]
-    if os.path.exists(f"/sys/class/net/{prefix}br0"):
-        left.append(f"bridge {prefix}br0")
-    if os.path.isdir("/etc/netns"):
-        left += [f"/etc/netns/{n}" for n in os.listdir("/etc/netns") if n.startswith(prefix + "-")]
-    subnet = f"10.231.{net}."
-    for table in ("/proc/net/tcp", "/proc/net/udp"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            address, port = fields[1].split(":")
-            ip = ".".join(str(b) for b in reversed(bytes.fromhex(address)))
-            if ip.startswith(subnet) and (table.endswith("udp") or fields[3] == "0A"):
-                left.append(f"listener {ip}:{int(port, 16)} ({table})")
-    inodes = {f"net:[{i}]" for i in netns_inodes}
-    tag = f"SPARK_CNN_CLUSTER_DAEMON={prefix}-node".encode()
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if os.readlink(f"/proc/{pid}/ns/net") in inodes:
-                left.append(f"process {pid} in a cluster namespace")
-                continue
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if any(v.startswith(tag) for v in f.read().split(b"\0")):
-                    left.append(f"process {pid}: a cluster daemon")
-        except OSError:
-            continue
-    return left
-
+# The simulated multi-node cluster of scripts/cluster.sh (root only), helpers in
+# cluster.py. Tests that use the `cluster` fixture must be marked
+# @pytest.mark.cluster.
 
 @pytest.fixture(scope="session")
 def cluster():

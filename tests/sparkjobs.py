@@ -9,7 +9,7 @@ import sys
 import time
 import uuid
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from project import ROOT
 
 
 def run_script(script, *args, env=None, timeout=600):

@@ -1,13 +1,10 @@
 """The local entry scripts as a user runs them: command lines, outputs, exit codes."""
 import json
-import os
 import re
 
 import pytest
 
 from sparkjobs import run_script
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("script, args", [

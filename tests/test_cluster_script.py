@@ -15,7 +15,7 @@ import pytest
 import redis
 from hdfs import InsecureClient
 
-from conftest import Cluster, cluster_leftovers
+from cluster import Cluster, cluster_leftovers
 
 pytestmark = pytest.mark.cluster
 

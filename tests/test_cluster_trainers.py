@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import redis
 
-from conftest import cluster_namespace_prefix
-from sparkjobs import ROOT, wait_for
+from cluster import cluster_namespace_prefix
+from project import ROOT
+from sparkjobs import wait_for
 
 pytestmark = pytest.mark.cluster
 

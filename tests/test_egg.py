@@ -16,9 +16,6 @@ import textwrap
 import pytest
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 def _clean_env(tmp_path, **extra):
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),

@@ -12,8 +12,7 @@ import pytest
 
 from spark.errors import one_line
 from spark.cnn import CNN
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from project import ROOT
 
 
 def run_script(script, *args):

@@ -5,9 +5,9 @@ import os
 import subprocess
 import sys
 
-from test_report import check_png
+from pngs import check_png
+from project import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING_PNGS = ["iteration_vs_images.png", "iteration_vs_batches.png", "layer_profile.png",
                "prediction_vs_images.png"]
 ACCURACY_PNGS = ["accuracy_epoch.png", "accuracy_wall.png"]

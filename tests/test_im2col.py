@@ -24,8 +24,8 @@ import pytest
 
 import spark.im2col as im
 import spark.im2col_numpy as im2col_numpy
+from project import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DTYPES = [np.float32, np.float64]
 BACKENDS = ["native", "numpy"]
 FUNCTIONS = ("im2col", "col2im", "maxpool_forward", "maxpool_backward",

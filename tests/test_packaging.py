@@ -5,7 +5,11 @@ import subprocess
 import sys
 import zipfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import pytest
+
+from project import ROOT
+
+pytestmark = pytest.mark.packaging
 
 
 def test_pip_wheel_installs_with_the_native_core(tmp_path):

@@ -14,9 +14,8 @@ import psutil
 import pytest
 
 from spark.checkpoint import remove_stale_temporaries
+from project import ROOT
 from sparkjobs import run_script
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def saved_state(path):

@@ -14,9 +14,9 @@ import redis
 from hdfs import InsecureClient
 from hdfs.util import HdfsError
 
-from conftest import ROOT
+from project import ROOT
 
-SCRIPT = str(ROOT / "scripts" / "services.sh")
+SCRIPT = os.path.join(ROOT, "scripts", "services.sh")
 PORTS = {"SPARK_CNN_REDIS_PORT": "26395", "SPARK_CNN_NN_RPC_PORT": "29100",
          "SPARK_CNN_NN_HTTP_PORT": "29170", "SPARK_CNN_DN_PORT": "29166",
          "SPARK_CNN_DN_HTTP_PORT": "29164", "SPARK_CNN_DN_IPC_PORT": "29167"}

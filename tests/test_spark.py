@@ -1,5 +1,4 @@
 """The Spark trainers against the local one, on real HDFS and Redis, in-process on local[2]."""
-import os
 import uuid
 
 import numpy as np
@@ -16,7 +15,6 @@ from spark.recipe import split_batches
 from spark.spark_cnn import SparkCNN
 from sparkjobs import local_spark
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KINDS = {"spark": SparkCNN, "locality": LocalityCNN}
 # Every two-stage or fused --exchange mode: the class spark.trainers.trainer_class picks.
 EXCHANGES = {"hdfs": SparkCNN, "redis": LocalityCNN, "spark": CachedCNN, "none": FusedCNN}

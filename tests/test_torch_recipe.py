@@ -1,5 +1,6 @@
 """bench/torch_recipe.py's pure helpers (no PyTorch needed), and `bench.py torch-recipe`
-refused in one line where PyTorch is missing."""
+refused in one line where PyTorch is missing (where it is installed, the test hides it
+from the interpreter it runs, so the refusal is checked there too)."""
 import importlib.util
 import os
 import subprocess
@@ -11,8 +12,8 @@ import pytest
 from spark.arch import parse_arch
 from spark.cnn import CNN
 from spark.data.preprocess import normalize_images
+from project import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 from torch_recipe import recipe_iterations, torch_weights  # noqa: E402
 
@@ -58,11 +59,31 @@ def test_recipe_iterations_round_epochs_up():
     assert recipe_iterations(0.0001, 100, 128) == 1
 
 
-@pytest.mark.skipif(importlib.util.find_spec("torch") is not None, reason="PyTorch is installed")
-def test_torch_recipe_without_pytorch_is_one_line():
+def without_torch(folder):
+    """The environment in which sys.executable runs as if PyTorch were not installed:
+    os.environ where it is not; where it is, a `torch` module that fails to import,
+    first on PYTHONPATH, hides it. Skips the test if even that cannot hide it."""
+    env = dict(os.environ)
+    if importlib.util.find_spec("torch") is None:
+        return env
+    folder.mkdir()
+    (folder / "torch.py").write_text(
+        'raise ModuleNotFoundError("No module named \'torch\' (hidden by the test)", '
+        'name="torch")\n')
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder), env.get("PYTHONPATH")]))
+    probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    if probe.returncode == 0:
+        pytest.skip(f"PyTorch is installed for {sys.executable} and a torch module first on "
+                    "PYTHONPATH does not hide it: no interpreter here lacks PyTorch")
+    return env
+
+
+def test_torch_recipe_without_pytorch_is_one_line(tmp_path):
     result = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "bench.py"),
                              "torch-recipe", "--epochs", "1"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+                            cwd=ROOT, env=without_torch(tmp_path / "no-torch"),
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("bench.py: error: PyTorch is not installed")

@@ -20,9 +20,10 @@ training split, 2 s for the test split).
 The training split is ``data_batch_1``, ``data_batch_2``, ... for as many consecutive batches
 as exist (5 in the official files), read in that order; the test split is ``test_batch``.
 
-The pickles are never given to ``pickle.load``: a restricted unpickler resolves only the few
-names a numpy array pickle uses (``numpy.core.multiarray._reconstruct`` or its numpy-2
-spelling ``numpy._core.multiarray._reconstruct``, ``numpy.ndarray``, ``numpy.dtype`` and
+The pickles are never given to ``pickle.load``: a restricted unpickler (in
+``spark/data/safe_unpickle.py``) resolves only the few names a numpy array pickle uses
+(``numpy.core.multiarray._reconstruct`` or its numpy-2 spelling
+``numpy._core.multiarray._reconstruct``, ``numpy.ndarray``, ``numpy.dtype`` and
 ``_codecs.encode``), and even those are mapped to small local stand-ins that rebuild the array
 from its raw bytes, so no numpy or builtin constructor ever sees attacker-chosen arguments.
 Anything else (``os.system``, ``builtins.eval``, ...) is refused before it can run.
@@ -30,10 +31,8 @@ Anything else (``os.system``, ``builtins.eval``, ...) is refused before it can r
 
 from __future__ import annotations
 
-import math
 import operator
 import os
-import pickle
 import re
 import tarfile
 import zlib
@@ -42,6 +41,8 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Callable
 
 import numpy as np
+
+from .safe_unpickle import Refused, unpickle_dict, unwrap
 
 __all__ = ["Dataset", "load_cifar10"]
 
@@ -80,154 +81,13 @@ class Dataset:
         return len(self.labels)
 
 
-# --------------------------------------------------------------------------------------
-# Restricted unpickling
-# --------------------------------------------------------------------------------------
-
 class TooFewImagesError(ValueError):
     """The split holds fewer images than `limit` asks for."""
 
 
-class _Refused(pickle.UnpicklingError):
-    """A pickle asked for something a CIFAR-10 batch never contains."""
-
-
-class _NdarrayName:
-    """Stands in for ``numpy.ndarray``; only usable as the subtype given to _reconstruct."""
-
-
-_NDARRAY = _NdarrayName()
-
-# dtype codes a plain numeric array may use; never object, void, strings or structured types.
-_DTYPE_CODES = frozenset(
-    ["b1", "i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "f4", "f8"]
-)
-
-
-def _text(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.decode("latin1")
-    if isinstance(value, str):
-        return value
-    raise _Refused(f"expected a string, got {type(value).__name__}")
-
-
-class _DtypeStub:
-    """Built by ``numpy.dtype(code, align, copy)`` in a pickle; holds a vetted dtype."""
-
-    def __init__(self, code: object, align: object = False, copy: object = True) -> None:
-        code = _text(code)
-        if code not in _DTYPE_CODES:
-            raise _Refused(f"dtype {code!r} is not a plain numeric type")
-        self.dtype = np.dtype(code)
-
-    def __setstate__(self, state: object) -> None:
-        # numpy's dtype state: (version, byteorder, subarray, names, fields, elsize, ...).
-        if not (isinstance(state, tuple) and len(state) >= 5):
-            raise _Refused("malformed dtype state")
-        if any(part is not None for part in state[2:5]):
-            raise _Refused("structured or sub-array dtypes are not allowed")
-        order = _text(state[1])
-        if order not in ("|", "<", ">", "="):
-            raise _Refused(f"bad dtype byte order {order!r}")
-        if order in ("<", ">"):
-            self.dtype = self.dtype.newbyteorder(order)
-
-
-class _ArrayStub:
-    """Built by ``_reconstruct(ndarray, (0,), b'b')``; BUILD fills in the real array."""
-
-    def __init__(self) -> None:
-        self.array: np.ndarray | None = None
-
-    def __setstate__(self, state: object) -> None:
-        # numpy's ndarray state: (version, shape, dtype, is_fortran, rawdata); version 0 omits
-        # the leading version number.
-        if isinstance(state, tuple) and len(state) == 5:
-            state = state[1:]
-        if not (isinstance(state, tuple) and len(state) == 4):
-            raise _Refused("malformed ndarray state")
-        shape, dtype, fortran, raw = state
-        if not isinstance(dtype, _DtypeStub):
-            raise _Refused("ndarray state without a vetted dtype")
-        if not (isinstance(shape, tuple) and all(type(d) is int and d >= 0 for d in shape)):
-            raise _Refused("bad ndarray shape")
-        if isinstance(raw, str):  # only if read with encoding="latin1"
-            raw = raw.encode("latin1")
-        if not isinstance(raw, (bytes, bytearray)):
-            raise _Refused("ndarray data must be raw bytes")
-        count = math.prod(shape)
-        if len(raw) != count * dtype.dtype.itemsize:
-            raise _Refused(
-                f"ndarray holds {len(raw)} bytes but shape {shape} needs "
-                f"{count * dtype.dtype.itemsize}"
-            )
-        flat = np.frombuffer(raw, dtype=dtype.dtype)  # read-only view, no copy
-        self.array = flat.reshape(shape, order="F" if fortran else "C")
-
-
-def _reconstruct(subtype: object, shape: object, typecode: object) -> _ArrayStub:
-    if subtype is not _NDARRAY:
-        raise _Refused("_reconstruct called for something other than numpy.ndarray")
-    return _ArrayStub()
-
-
-def _encode(text: object, encoding: object = "utf-8") -> bytes:
-    # Python 3 pickles bytes in protocol 2 as _codecs.encode(str, 'latin1').
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise _Refused("_codecs.encode is only allowed for latin1 text")
-    return text.encode("latin1")
-
-
-_ALLOWED: dict[tuple[str, str], object] = {
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,   # written by numpy 1.x
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,  # written by numpy 2.x
-    ("numpy", "ndarray"): _NDARRAY,
-    ("numpy", "dtype"): _DtypeStub,
-    ("_codecs", "encode"): _encode,                            # bytes, pickled by Python 3
-}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> object:
-        try:
-            return _ALLOWED[(module, name)]
-        except KeyError:
-            raise _Refused(f"it references {module}.{name}") from None
-
-    def persistent_load(self, pid: object) -> object:
-        raise _Refused("it uses persistent ids")
-
-
-def _unwrap(value: object) -> object:
-    if isinstance(value, _ArrayStub):
-        if value.array is None:
-            raise _Refused("an ndarray was never filled in")
-        return value.array
-    return value
-
-
-def _unpickle(fileobj: BinaryIO, where: str) -> dict:
-    """Unpickle a dict safely; str or bytes keys both come back as str."""
-    try:
-        obj = _RestrictedUnpickler(fileobj, encoding="bytes").load()
-    except _Refused as exc:
-        raise ValueError(f"{where}: refused to unpickle: {exc}") from None
-    except (OSError, MemoryError):
-        raise
-    except Exception as exc:  # truncated or garbage file: pickle raises many kinds
-        raise ValueError(
-            f"{where}: not a valid CIFAR-10 pickle ({type(exc).__name__}: {exc})"
-        ) from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"{where}: expected a pickled dict, got {type(obj).__name__}")
-    out = {}
-    for key, value in obj.items():
-        if isinstance(key, bytes):
-            key = key.decode("latin1")
-        out[key] = value
-    return out
-
+# --------------------------------------------------------------------------------------
+# Checking the unpickled batches
+# --------------------------------------------------------------------------------------
 
 def _parse_batch(obj: dict, where: str) -> tuple[np.ndarray, np.ndarray]:
     """Validate an unpickled batch; return (data N x 3072 uint8, labels int64)."""
@@ -238,9 +98,9 @@ def _parse_batch(obj: dict, where: str) -> tuple[np.ndarray, np.ndarray]:
             f"{sorted(map(str, obj))}{hint}"
         )
     try:
-        data = _unwrap(obj["data"])
-        labels = _unwrap(obj["labels"])
-    except _Refused as exc:
+        data = unwrap(obj["data"])
+        labels = unwrap(obj["labels"])
+    except Refused as exc:
         raise ValueError(f"{where}: {exc}") from None
     if not (
         isinstance(data, np.ndarray)
@@ -404,13 +264,13 @@ def _load_pickled(
     where: str,
 ) -> Dataset:
     with open_member(meta_name) as f:
-        class_names = _parse_meta(_unpickle(f, describe(meta_name)), describe(meta_name))
+        class_names = _parse_meta(unpickle_dict(f, describe(meta_name)), describe(meta_name))
     collector = _Collector(want)
     for index, name in enumerate(names):
         if collector.full:
             break
         with open_member(name) as f:
-            rows, labels = _parse_batch(_unpickle(f, describe(name)), describe(name))
+            rows, labels = _parse_batch(unpickle_dict(f, describe(name)), describe(name))
         # Guess the split size from the first batch so one allocation usually suffices.
         guess = collector.count + len(rows) * (len(names) - index)
         collector.add(rows, labels, expected_total=guess)

@@ -556,6 +556,9 @@ def main(argv=None):
     recipe.add_argument("--metrics", metavar="FILE.jsonl",
                         help="one JSON line per iteration, as the trainers' --metrics")
     args = parser.parse_args(argv)
+    if args.modes is None:
+        args.modes = {"compare": "hdfs,redis,spark,none,allreduce", "recipe": "local,allreduce",
+                      "cluster": "redis,hdfs,allreduce"}.get(args.what, "hdfs,redis,spark,none")
     if args.what == "figures":
         if not args.out:
             parser.error("figures needs --out DIR")
@@ -564,9 +567,6 @@ def main(argv=None):
         return
     if args.what == "torch-recipe" and args.minibatch is None:
         args.minibatch = 128
-    if args.modes is None:
-        args.modes = {"compare": "hdfs,redis,spark,none,allreduce", "recipe": "local,allreduce",
-                      "cluster": "redis,hdfs,allreduce"}.get(args.what, "hdfs,redis,spark,none")
     if args.images is None:
         args.images = {"memory": 50000, "cluster": 6000, "torch-recipe": 50000,
                        "recipe": 50000}.get(args.what, 10000)

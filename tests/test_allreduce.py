@@ -241,10 +241,10 @@ def test_rows_arrive_while_the_segment_runs(sc, synthetic_train):
     run = recipe(images=1000, minibatch=200)
     net = AllReduceCNN(sc=sc, settings=settings(), batches=2, **run.network_options())
     arrived = []
-    rows = net.train_segment(images, labels, run, 25,
+    rows = net.train_segment(images, labels, run, 40,
                              on_row=lambda row: arrived.append((row["iteration"], time.monotonic())))
     returned = time.monotonic()
-    assert [i for i, _ in arrived] == list(range(1, 26))
+    assert [i for i, _ in arrived] == list(range(1, 41))
     assert arrived[0][1] < returned - 0.3                  # printed long before the segment ended
     assert all(r["segment_s"] <= rows[-1]["segment_s"] for r in rows)
     net.close()
@@ -313,18 +313,18 @@ def test_a_killed_python_worker_reruns_the_segment_bit_identically(sc, synthetic
     images, labels = synthetic_train.images[:600], synthetic_train.labels[:600]
     run = recipe(images=600, minibatch=120)
     reference = AllReduceCNN(sc=sc, settings=settings(), batches=3, **run.network_options())
-    reference.train_segment(images, labels, run, 12)
+    reference.train_segment(images, labels, run, 80)
     net = AllReduceCNN(sc=sc, settings=settings(), batches=3, **run.network_options())
 
-    def kill():
+    def kill():                  # the rows come every 0.5 s: the segment is still running
         victims = python_workers()
         for victim in victims:
             victim.kill()
         return len(victims)
 
-    rows, killed = fault_during_segment(net, images, labels, run, 12, 4, kill)
+    rows, killed = fault_during_segment(net, images, labels, run, 80, 2, kill)
     assert killed >= 1
-    assert [r["iteration"] for r in rows] == list(range(1, 13))
+    assert [r["iteration"] for r in rows] == list(range(1, 81))
     assert "running it again (attempt 2 of 3)" in capfd.readouterr().err
     assert_bit_identical(net, reference)
 

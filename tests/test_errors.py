@@ -280,7 +280,9 @@ class Py4JJavaError(Exception):
                     "(IOException in Spark)"),
     (HDFS_DOWN, "Call From vm/127.0.0.1 to localhost:19000 failed on connection exception: "
                 "Connection refused (ConnectException in Spark)"),
-    (NO_MESSAGE, "MemoryError in a Spark task"),
+    (NO_MESSAGE, "MemoryError in a Spark task; a Python worker ran out of memory: raise "
+                 "spark.executor.pyspark.memory if it is set, or give the executors more memory "
+                 "(fewer cores per executor, more and smaller batches)"),
 ], ids=["python", "chained", "crash", "missing-input", "hdfs-down", "no-message"])
 def test_a_failed_spark_job_ends_with_its_deepest_real_cause(text, expected):
     line = one_line(Py4JJavaError(text))

@@ -348,8 +348,9 @@ def test_a_stalled_server_ends_the_run_within_twice_the_timeout(kind, egg, synth
 def datanode_pid():
     for p in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(p.info["cmdline"] or [])
+        # scripts/services.sh's runtime folder (.runtime/hdfs), not a cluster node's
         if "org.apache.hadoop.hdfs.server.datanode.DataNode" in cmdline and \
-                os.path.join(ROOT, ".runtime") in cmdline:
+                os.path.join(ROOT, ".runtime", "hdfs") in cmdline:
             return p.pid
     raise AssertionError("no DataNode of scripts/services.sh is running")
 

@@ -57,8 +57,17 @@ import tempfile
 import threading
 import time
 
-from common import (ROOT, iteration_time, load_data, load_split, local_predict_rate, run_script,
-                    run_trainer, steady, steady_iteration_time)
+from common import (
+    ROOT,
+    iteration_time,
+    load_data,
+    load_split,
+    local_predict_rate,
+    run_script,
+    run_trainer,
+    steady,
+    steady_iteration_time,
+)
 
 
 def throughput(args):

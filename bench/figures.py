@@ -162,6 +162,7 @@ def layer_profile(images, labels, repeats):
     thread and one BLAS thread, chunks of the trainer's size."""
     import numpy as np
     from threadpoolctl import threadpool_limits
+
     from spark.cnn import CNN, build_layers
     from spark.data.preprocess import normalize_images
     x = normalize_images(images)                                  # (n, H, W, C) float32

@@ -92,8 +92,8 @@ def train_recipe(torch, model, train, test, args, out=print):
     """Train `model` (bench.torch_network) on `train` with the recipe of args; evaluate
     on `test` every epoch; write args.metrics. -> the last metrics record."""
     from spark.cnn import CNN
-    from spark.metrics import MetricsLog, rss_mb
     from spark.data.preprocess import batch_input, normalize_images
+    from spark.metrics import MetricsLog, rss_mb
     from spark.recipe import batch_indices, draw_augmentation, learning_rate
 
     images, minibatch = len(train.images), args.minibatch

@@ -24,7 +24,6 @@ import json
 import os
 import queue
 import socket
-import struct
 import sys
 import threading
 import time

@@ -25,10 +25,10 @@ from threadpoolctl import ThreadpoolController
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .conv import Conv
 from .conv_relu_pool import ConvReluPool
+from .data.preprocess import batch_input
 from .fc import FullyConnected
 from .loss import l2_penalty, softmax_loss
 from .pool import MaxPool
-from .data.preprocess import batch_input
 from .recipe import iteration_inputs
 from .relu import ReLU
 

@@ -26,8 +26,14 @@ from pyspark import StorageLevel
 
 from .spark_cnn import SparkCNN
 from .storage.exchange import ExchangeConfig
-from .tasks import (ScoresByBatch, add_loss_results, add_results, fused_task, kept_backward_task,
-                    kept_forward_task)
+from .tasks import (
+    ScoresByBatch,
+    add_loss_results,
+    add_results,
+    fused_task,
+    kept_backward_task,
+    kept_forward_task,
+)
 
 
 class InMemoryCNN(SparkCNN):

@@ -159,7 +159,7 @@ def _load_from_file(path):
     sys.modules[_EXT_NAME] = module
     parent = sys.modules.get(_PKG)
     if parent is not None:
-        setattr(parent, "matrix", module)
+        parent.matrix = module
     return module
 
 

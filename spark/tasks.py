@@ -36,9 +36,9 @@ from pyspark.accumulators import AccumulatorParam
 
 from . import im2col
 from .cnn import CNN, chunk_slices
-from .storage.exchange import ExchangeConfig, address_is_local, open_matrix_store
 from .data.preprocess import batch_input
 from .recipe import slice_augmentation
+from .storage.exchange import ExchangeConfig, address_is_local, open_matrix_store
 from .storage.store import StoreAuthError, StoreError
 from .workers import prepare_worker
 

@@ -7,6 +7,7 @@ import contextlib
 
 from .cnn import CNN
 
+
 def trainer_class(exchange):
     """The network class of an exchange ("local" or a --exchange mode)."""
     if exchange == "local":

@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from cluster import CLUSTER_NODES, Cluster, cluster_leftovers, cluster_namespace_prefix
 from project import ROOT
 from services import SERVICE_ENV_NAMES, HdfsSettings, parse_exports

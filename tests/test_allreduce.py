@@ -9,6 +9,7 @@ import time
 import numpy as np
 import psutil
 import pytest
+from sparkjobs import local_spark
 
 from spark.allreduce import Mesh, PeerTimeout, pieces
 from spark.allreduce_cnn import AllReduceCNN, SegmentError
@@ -16,7 +17,6 @@ from spark.cnn import CNN
 from spark.config import RunConfig
 from spark.recipe import iteration_inputs, slice_augmentation, split_batches
 from spark.settings import Settings
-from sparkjobs import local_spark
 
 # Three task slots, and a segment that fails is run again up to 3 times in all.
 MASTER = "local[3,3]"

@@ -13,9 +13,8 @@ import uuid
 
 import pytest
 import redis
-from hdfs import InsecureClient
-
 from cluster import Cluster, cluster_leftovers
+from hdfs import InsecureClient
 
 pytestmark = pytest.mark.cluster
 

@@ -12,7 +12,6 @@ import urllib.request
 import numpy as np
 import pytest
 import redis
-
 from cluster import cluster_namespace_prefix
 from project import ROOT
 from sparkjobs import wait_for

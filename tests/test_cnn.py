@@ -1,13 +1,12 @@
 """The whole network: gradients, chunking, training, saving and reloading."""
 import numpy as np
 import pytest
+from gradcheck import numerical_gradient, relative_error, sample_indices
 
 from spark.checkpoint import CheckpointError
 from spark.cnn import CNN
-from spark.loss import softmax_loss
 from spark.data.preprocess import normalize_images
-
-from gradcheck import numerical_gradient, relative_error, sample_indices
+from spark.loss import softmax_loss
 
 SMALL_ARCH = (
     {"type": "conv", "filters": 4, "size": 3, "stride": 1, "pad": 1},

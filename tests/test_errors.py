@@ -9,10 +9,10 @@ import sys
 
 import numpy as np
 import pytest
-
-from spark.errors import one_line
-from spark.cnn import CNN
 from project import ROOT
+
+from spark.cnn import CNN
+from spark.errors import one_line
 
 
 def run_script(script, *args):

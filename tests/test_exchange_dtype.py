@@ -4,10 +4,10 @@ import json
 
 import numpy as np
 import pytest
+from sparkjobs import run_script
 
 from spark.cnn import CNN
 from spark.tasks import _cache_bytes, _forward_chunks
-from sparkjobs import run_script
 
 TWO_BLOCKS = "conv8-relu-pool-conv16-relu-pool-fc10"
 

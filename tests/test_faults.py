@@ -16,15 +16,23 @@ import numpy as np
 import psutil
 import pytest
 from hdfs import InsecureClient
+from project import ROOT
+from sparkjobs import (
+    RedisServer,
+    job_env,
+    kill_group,
+    local_spark,
+    start_submit,
+    submit,
+    submit_command,
+    wait_for,
+)
 
 from spark.locality_cnn import LocalityCNN
 from spark.memory_cnn import CachedCNN
 from spark.settings import Settings
 from spark.spark_cnn import SparkCNN
 from spark.spark_context import group_stages
-from project import ROOT
-from sparkjobs import (RedisServer, job_env, kill_group, local_spark, start_submit, submit,
-                       submit_command, wait_for)
 
 KINDS = {"spark": SparkCNN, "locality": LocalityCNN, "spark-exchange": CachedCNN}
 

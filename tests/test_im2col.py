@@ -21,10 +21,10 @@ import types
 
 import numpy as np
 import pytest
+from project import ROOT
 
 import spark.im2col as im
 import spark.im2col_numpy as im2col_numpy
-from project import ROOT
 
 DTYPES = [np.float32, np.float64]
 BACKENDS = ["native", "numpy"]

@@ -1,13 +1,12 @@
 """Numerical gradient checks of every layer, in float64, on assorted shapes."""
 import numpy as np
 import pytest
+from gradcheck import numerical_gradient, relative_error, sample_indices
 
 from spark.conv import Conv
 from spark.fc import FullyConnected
 from spark.pool import MaxPool
 from spark.relu import ReLU
-
-from gradcheck import numerical_gradient, relative_error, sample_indices
 
 TOLERANCE = 1e-6
 

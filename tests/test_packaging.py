@@ -6,7 +6,6 @@ import sys
 import zipfile
 
 import pytest
-
 from project import ROOT
 
 pytestmark = pytest.mark.packaging

@@ -5,16 +5,15 @@ import math
 
 import numpy as np
 import pytest
-
 from gradcheck import numerical_gradient
-from spark.arch import format_arch, parse_arch
-from spark.cnn import CNN, DEFAULT_ARCH
-from spark.evaluation import confusion_matrix, per_class_lines
-from spark.loss import softmax_loss
-from spark.data.preprocess import augment_images, batch_input, normalize_images
-from spark.recipe import batch_indices, draw_augmentation, learning_rate, slice_augmentation
 from sparkjobs import run_script
 
+from spark.arch import format_arch, parse_arch
+from spark.cnn import CNN, DEFAULT_ARCH
+from spark.data.preprocess import augment_images, batch_input, normalize_images
+from spark.evaluation import confusion_matrix, per_class_lines
+from spark.loss import softmax_loss
+from spark.recipe import batch_indices, draw_augmentation, learning_rate, slice_augmentation
 
 # ----- learning-rate schedules ----------------------------------------------------------
 

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from pngs import check_png
 from project import ROOT
 

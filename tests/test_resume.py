@@ -12,10 +12,10 @@ import uuid
 import numpy as np
 import psutil
 import pytest
-
-from spark.checkpoint import remove_stale_temporaries
 from project import ROOT
 from sparkjobs import run_script
+
+from spark.checkpoint import remove_stale_temporaries
 
 
 def saved_state(path):

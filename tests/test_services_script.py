@@ -13,7 +13,6 @@ import pytest
 import redis
 from hdfs import InsecureClient
 from hdfs.util import HdfsError
-
 from project import ROOT
 
 SCRIPT = os.path.join(ROOT, "scripts", "services.sh")

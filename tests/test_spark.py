@@ -3,17 +3,16 @@ import uuid
 
 import numpy as np
 import pytest
+from sparkjobs import local_spark
 
 from spark.cnn import CNN
-from spark.storage.exchange import exchange_config, hdfs_store, open_matrix_store, redis_store
 from spark.locality_cnn import LocalityCNN
 from spark.memory_cnn import CachedCNN, FusedCNN
-from spark.storage.runs import HDFS_FOLDER, REDIS_PREFIX
-from spark.recipe import batch_indices, draw_augmentation, learning_rate
+from spark.recipe import batch_indices, draw_augmentation, learning_rate, split_batches
 from spark.settings import Settings
-from spark.recipe import split_batches
 from spark.spark_cnn import SparkCNN
-from sparkjobs import local_spark
+from spark.storage.exchange import exchange_config, hdfs_store, open_matrix_store, redis_store
+from spark.storage.runs import HDFS_FOLDER, REDIS_PREFIX
 
 KINDS = {"spark": SparkCNN, "locality": LocalityCNN}
 # Every two-stage or fused --exchange mode: the class spark.trainers.trainer_class picks.
@@ -196,8 +195,9 @@ def stage_result_bytes(sc, group):
     import json
     import urllib.request
 
-    from spark.spark_context import group_stages
     from sparkjobs import wait_for
+
+    from spark.spark_context import group_stages
 
     def attempts():
         found = []

@@ -4,13 +4,11 @@ import json
 import re
 
 import pytest
-
 import redis
 from hdfs import InsecureClient
-
-from spark.storage.redis_store import parse_redis_addresses
 from sparkjobs import job_env, submit
 
+from spark.storage.redis_store import parse_redis_addresses
 
 
 @pytest.mark.parametrize("kind", ["spark", "locality"])

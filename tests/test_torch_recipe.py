@@ -8,11 +8,11 @@ import sys
 
 import numpy as np
 import pytest
+from project import ROOT
 
 from spark.arch import parse_arch
 from spark.cnn import CNN
 from spark.data.preprocess import normalize_images
-from project import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 from torch_recipe import recipe_iterations, torch_weights  # noqa: E402

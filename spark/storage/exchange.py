@@ -13,7 +13,8 @@ import re
 import socket
 from dataclasses import dataclass, field
 
-from . import hdfs_store as _hdfs, redis_store as _redis
+from . import hdfs_store as _hdfs
+from . import redis_store as _redis
 from .hdfs_store import HdfsStore
 from .redis_store import RedisStore, parse_redis_addresses
 from .store import DEFAULT_TIMEOUT

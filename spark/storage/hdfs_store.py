@@ -13,9 +13,20 @@ from urllib.parse import quote, urlsplit
 
 import numpy as np
 
-from .store import (DEFAULT_TIMEOUT, START_HINT, ArrayStore, MissingKeyError, StallMemory,
-                    StoreError, StorePermissionError, StoreTimeoutError, StoreUnavailableError,
-                    check_key, check_namespace, reason)
+from .store import (
+    DEFAULT_TIMEOUT,
+    START_HINT,
+    ArrayStore,
+    MissingKeyError,
+    StallMemory,
+    StoreError,
+    StorePermissionError,
+    StoreTimeoutError,
+    StoreUnavailableError,
+    check_key,
+    check_namespace,
+    reason,
+)
 from .wire import FIXED_SIZE, MAGIC, MAX_NDIM, data_view, encode, parse_header
 
 __all__ = ["HdfsStore"]

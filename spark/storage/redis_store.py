@@ -22,9 +22,20 @@ from typing import Iterable
 
 import numpy as np
 
-from .store import (DEFAULT_TIMEOUT, START_HINT, ArrayStore, MissingKeyError, StallMemory,
-                    StoreAuthError, StoreError, StoreTimeoutError, StoreUnavailableError,
-                    check_key, check_namespace, reason)
+from .store import (
+    DEFAULT_TIMEOUT,
+    START_HINT,
+    ArrayStore,
+    MissingKeyError,
+    StallMemory,
+    StoreAuthError,
+    StoreError,
+    StoreTimeoutError,
+    StoreUnavailableError,
+    check_key,
+    check_namespace,
+    reason,
+)
 from .wire import data_view, decode_array, encode, parse_header
 
 __all__ = ["RedisStore", "parse_redis_addresses"]

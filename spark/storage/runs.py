@@ -18,8 +18,8 @@ import socket
 import threading
 import time
 
-from .exchange import hdfs_store, redis_store
 from ..processes import process_gone
+from .exchange import hdfs_store, redis_store
 from .store import MissingKeyError
 
 log = logging.getLogger(__name__)

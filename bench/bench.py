@@ -437,7 +437,8 @@ def cluster_allreduce(nodes, every, args, data_dir):
         metrics = os.path.join(tmp, "metrics.jsonl")
         command = ["bash", os.path.join(ROOT, "scripts", "cluster.sh"), "submit",
                    os.path.join(ROOT, "locality_train.py"), str(args.images),
-                   str(args.iterations), "--exchange", "allreduce", "--minibatch", str(minibatch),
+                   str(args.allreduce_iterations), "--exchange", "allreduce",
+                   "--minibatch", str(minibatch),
                    "--average-every", str(every), "--segment-seconds", "3600",
                    "--metrics", metrics, "--params-dir", tmp] + (
                        ["--data-dir", data_dir] if data_dir else [])
@@ -463,7 +464,8 @@ def cluster_allreduce(nodes, every, args, data_dir):
 
 
 def _print_allreduce(rows, args):
-    print(f"--exchange allreduce, N={args.images} I={args.iterations} M={rows[0]['minibatch']}, "
+    print(f"--exchange allreduce, N={args.images} I={args.allreduce_iterations} "
+          f"M={rows[0]['minibatch']}, "
           "one segment, one task per node (nodes of 1 core on this machine's 2 cores); medians "
           "over iterations 2..I")
     print(f"{'nodes':>5s} {'H':>3s} {'iteration s':>11s} {'images/s':>9s} {'x 1 node':>8s} "
@@ -513,6 +515,8 @@ def main(argv=None):
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--nodes", default="1,2,3", help="cluster: node counts to measure")
+    parser.add_argument("--allreduce-iterations", dest="allreduce_iterations", type=int,
+                        default=300, help="cluster: iterations of the allreduce runs")
     parser.add_argument("--data-dir", default=os.environ.get("SPARK_CNN_DATA_DIR"))
     parser.add_argument("--egg", help="the egg spark-submit ships (default: newest dist/*.egg)")
     parser.add_argument("--exchange-dtype", dest="exchange_dtype", choices=("float32", "float16"),

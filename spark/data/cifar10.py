@@ -42,6 +42,7 @@ from typing import BinaryIO, Callable
 
 import numpy as np
 
+from .dataset import Dataset, DataError, TooFewImagesError  # noqa: F401 - public here too
 from .safe_unpickle import Refused, unpickle_dict, unwrap
 
 __all__ = ["Dataset", "load_cifar10"]
@@ -62,27 +63,6 @@ _HELP = (
     "one with `python3 -m spark.data.download_cifar10`"
 )
 
-
-@dataclass(eq=False)
-class Dataset:
-    """Images (uint8, N x 32 x 32 x 3, NHWC), labels (int64, N) and the class names."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    class_names: list[str]
-
-    def __post_init__(self) -> None:
-        if len(self.images) != len(self.labels):
-            raise ValueError(
-                f"Dataset: {len(self.images)} images but {len(self.labels)} labels"
-            )
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-class TooFewImagesError(ValueError):
-    """The split holds fewer images than `limit` asks for."""
 
 
 # --------------------------------------------------------------------------------------

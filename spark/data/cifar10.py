@@ -36,13 +36,12 @@ import os
 import re
 import tarfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Callable
 
 import numpy as np
 
-from .dataset import Dataset, DataError, TooFewImagesError  # noqa: F401 - public here too
+from .dataset import DataError, Dataset, TooFewImagesError  # noqa: F401 - public here too
 from .safe_unpickle import Refused, unpickle_dict, unwrap
 
 __all__ = ["Dataset", "load_cifar10"]

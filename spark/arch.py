@@ -82,3 +82,53 @@ def canonical_arch(text):
     """An --arch string in its one canonical spelling (defaults left out), e.g.
     "conv64x3-relu-pool2-fc10" -> "conv64-relu-pool-fc10". Raises ValueError."""
     return format_arch(parse_arch(text))
+
+
+def estimate_bytes(arch, input_shape, dtype="float32", chunk=32, threads=2):
+    """Memory a network of `arch` on `input_shape` (H, W, C) needs to train, in bytes,
+    without building it -> (total, its parts in words).
+
+    Counted: the parameters three times (values, velocities, gradients) and, for
+    `threads` chunks of `chunk` images at once, every layer's output, a conv's
+    im2col matrix and the caches kept for the backward pass. An estimate: the
+    real figure is a little lower (a fused conv's output is never whole).
+    """
+    itemsize = 8 if str(dtype) == "float64" else 4
+    height, width, channels = (int(s) for s in input_shape)
+    params = activations = 0
+    for layer in arch:
+        kind = layer["type"]
+        if kind == "conv":
+            size = layer["size"]
+            kh, kw = (size, size) if not isinstance(size, (list, tuple)) else size
+            kh, kw = int(kh), int(kw)
+            stride, pad = int(layer.get("stride", 1)), int(layer.get("pad", 0))
+            filters = int(layer["filters"])
+            params += kh * kw * channels * filters + filters
+            height = (height + 2 * pad - kh) // stride + 1
+            width = (width + 2 * pad - kw) // stride + 1
+            activations += height * width * (kh * kw * channels + 2 * filters)  # cols, out, cache
+            channels = filters
+        elif kind == "pool":
+            size = layer.get("size", 2)
+            size = int(size[0] if isinstance(size, (list, tuple)) else size)
+            stride = int(layer.get("stride", size))
+            height, width = (height - size) // stride + 1, (width - size) // stride + 1
+            activations += height * width * channels
+        elif kind == "relu":
+            activations += height * width * channels
+        elif kind == "fc":
+            inputs, outputs = height * width * channels, int(layer["outputs"])
+            params += inputs * outputs + outputs
+            activations += outputs + inputs
+            height, width, channels = 1, 1, outputs
+    param_bytes = 3 * params * itemsize
+    activation_bytes = threads * chunk * activations * itemsize
+    words = (f"parameters, velocities and gradients {bytes_in_words(param_bytes)}, "
+             f"{threads} chunks of {chunk} images in flight {bytes_in_words(activation_bytes)}")
+    return param_bytes + activation_bytes, words
+
+
+def bytes_in_words(count):
+    """A byte count as people read it: '65 MB', '2.9 GiB'."""
+    return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.0f} MB"

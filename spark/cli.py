@@ -64,19 +64,40 @@ def _arch(text):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _size(text):
+    """argparse type: an --image-size "HxW" -> its canonical spelling "HxW"."""
+    try:
+        height, width = config.parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return f"{height}x{width}"
+
+
+def _open_fraction(text):
+    """argparse type: a number strictly between 0 and 1."""
+    value = _fraction(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text}")
+    return value
+
+
 _positive, _count = _whole_number(1), _whole_number(0)
 _TYPES = {"positive": _positive, "count": _count, "number": _number, "fraction": _fraction,
-          "arch": _arch}
-_GROUPS = {"recipe": "training recipe", "allreduce": "--exchange allreduce"}
+          "arch": _arch, "size": _size, "open_fraction": _open_fraction}
+_GROUPS = {"recipe": "training recipe", "allreduce": "--exchange allreduce",
+           "data": "the data (--data-dir)"}
+# The data flags a test script takes too (by default it reads them from the checkpoint).
+DATA_FLAGS = ("labels", "test_fraction", "image_size", "crop", "data_format", "image_column",
+              "label_column")
 
 
-def _add_config_flags(parser, distributed):
+def _add_config_flags(parser, distributed, only=None):
     """One flag per RunConfig field that has one (--exchange and the
-    --exchange allreduce flags on the Spark scripts only)."""
+    --exchange allreduce flags on the Spark scripts only; `only`: these fields)."""
     groups = {}
     for f in config.fields():
         cli = dict(f.metadata["cli"])
-        if not cli and f.name != "exchange":
+        if (not cli and f.name != "exchange") or (only is not None and f.name not in only):
             continue                                    # a positional argument
         group_name = cli.pop("group", None)
         if group_name == "allreduce" and not distributed:
@@ -99,7 +120,9 @@ def _add_config_flags(parser, distributed):
             target = groups[group_name]
         kind = cli.pop("kind", None)
         help_text = cli.pop("help")
-        if f.default is not None and "default" not in help_text:
+        if only is not None:
+            help_text = help_text.split(" (default")[0] + " (default: as the checkpoint's run)"
+        elif f.default not in (None, False) and "default" not in help_text:
             help_text += f" (default {f.default})"
         options = dict(dest=f.name, help=help_text, **cli)
         if kind == "flag":
@@ -111,7 +134,9 @@ def _add_config_flags(parser, distributed):
 
 def _common(parser, distributed):
     parser.add_argument("--data-dir", dest="data_dir", metavar="DIR",
-                        help="CIFAR-10 python-version folder, .tar.gz or binary folder "
+                        help="the images: CIFAR-10 (python-version folder, .tar.gz or binary "
+                             "folder), CIFAR-100, MNIST, an image folder tree, or Parquet (a "
+                             "file, a folder, or hdfs:// / webhdfs://) "
                              f"(env {env_name('data_dir')}; default data/cifar-10-batches-py)")
     parser.add_argument("--params-dir", dest="params_dir", metavar="DIR",
                         help=f"where parameters are saved (env {env_name('params_dir')}; "
@@ -176,7 +201,8 @@ def test_parser(prog, distributed, split):
                             help="accepted for the training command line's sake: prediction is "
                                  "one Spark stage whatever the exchange")
     parser.add_argument("--per-class", dest="per_class", action="store_true",
-                        help="also print the accuracy of every class and the confusion matrix")
+                        help="also print the confusion matrix")
+    _add_config_flags(parser, distributed, only=DATA_FLAGS)
     _common(parser, distributed)
     return parser
 

@@ -124,8 +124,14 @@ class CNN:
 
     def __init__(self, arch=DEFAULT_ARCH, input_shape=CIFAR10_SHAPE, dtype=np.float32,
                  lr=1e-3, momentum=0.9, reg=5e-4, seed=0, chunk=32, threads=None,
-                 label_smoothing=0.0, nesterov=False, exchange_dtype=None):
+                 label_smoothing=0.0, nesterov=False, exchange_dtype=None, input_stats=None,
+                 class_names=None):
         self.input_shape = tuple(int(s) for s in input_shape)
+        # The per-channel (mean, std) of the training images the input is normalised
+        # with (None: spark.data.preprocess.default_stats), and the classes' names.
+        self.input_stats = (None if input_stats is None else
+                            tuple(tuple(float(v) for v in part) for part in input_stats))
+        self.class_names = None if class_names is None else [str(n) for n in class_names]
         self.dtype = np.dtype(dtype)
         # The float type of the caches between forward and backward (None: self.dtype).
         self.exchange_dtype = np.dtype(self.dtype if exchange_dtype is None else exchange_dtype)
@@ -222,7 +228,8 @@ class CNN:
         """
         t0 = time.perf_counter()
         picked = rows if index is None else index[rows]
-        x = batch_input(images, index, rows, augment, self.dtype)      # (n_chunk, H, W, C)
+        x = batch_input(images, index, rows, augment, self.dtype,
+                        self.input_stats)                              # (n_chunk, H, W, C)
         scores, caches = self.forward_kept(x)                          # (n_chunk, K)
         loss, dscores = softmax_loss(scores, labels[picked], normalizer=normalizer,
                                      smoothing=self.label_smoothing)
@@ -360,7 +367,8 @@ class CNN:
         out = np.empty((len(images), self.num_classes), self.dtype)
 
         def chunk_scores(rows):
-            out[rows], _ = self.forward(batch_input(images, None, rows, dtype=self.dtype))
+            out[rows], _ = self.forward(batch_input(images, None, rows, dtype=self.dtype,
+                                                    stats=self.input_stats))
             return rows.stop - rows.start
 
         with self._workers() as run:
@@ -379,10 +387,15 @@ class CNN:
 
     # ----- saving -----------------------------------------------------------
     def checkpoint_meta(self):
-        return dict(arch=self.arch, input_shape=list(self.input_shape), dtype=self.dtype.name,
+        meta = dict(arch=self.arch, input_shape=list(self.input_shape), dtype=self.dtype.name,
                     lr=self.lr, momentum=self.momentum, reg=self.reg, seed=self.seed,
                     label_smoothing=self.label_smoothing, nesterov=self.nesterov,
                     exchange_dtype=self.exchange_dtype.name)
+        if self.input_stats is not None:
+            meta["input_stats"] = [list(part) for part in self.input_stats]
+        if self.class_names is not None:
+            meta["class_names"] = list(self.class_names)
+        return meta
 
     def save(self, path):
         """Atomically write parameters, velocities, iteration, network shape and
@@ -402,7 +415,7 @@ class CNN:
         arrays, meta = load_checkpoint(path)
         settings = {k: meta[k] for k in ("arch", "input_shape", "dtype", "lr", "momentum",
                                          "reg", "seed", "label_smoothing", "nesterov",
-                                         "exchange_dtype")
+                                         "exchange_dtype", "input_stats", "class_names")
                     if k in meta}
         settings.update({k: v for k, v in overrides.items() if v is not None})
         try:
@@ -417,6 +430,15 @@ class CNN:
             if not isinstance(run_info, dict):
                 raise ValueError(f"run settings are {run_info!r}, not a mapping")
             net = cls(**settings)
+            if net.input_stats is not None:
+                mean, std = net.input_stats
+                channels = net.input_shape[-1]
+                if len(mean) != channels or len(std) != channels or min(std) <= 0:
+                    raise ValueError(f"input statistics {net.input_stats} do not fit "
+                                     f"{channels} channels")
+            if net.class_names is not None and len(net.class_names) != net.num_classes:
+                raise ValueError(f"{len(net.class_names)} class names for "
+                                 f"{net.num_classes} classes")
             net.set_params({k[6:]: v for k, v in arrays.items() if k.startswith("param/")})
             velocity = {k[9:]: v for k, v in arrays.items() if k.startswith("velocity/")}
             if set(velocity) != set(net.velocity):

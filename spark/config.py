@@ -63,6 +63,10 @@ class RunConfig:
                                  "random horizontal flip, drawn per image per iteration")
     augment_pad: int = setting(2, "fixed", "--augment-pad", kind="count", metavar="P",
                                group="recipe", help="padding of the random crop")
+    augment_flip: str = setting("on", "fixed", "--augment-flip", group="recipe",
+                                choices=("on", "off"),
+                                help="--augment's random horizontal flip (off for data whose "
+                                     "mirror image is another class, such as digits)")
     order: str = setting("shuffle", "fixed", "--order", before="cycle", group="recipe",
                          choices=("shuffle", "cycle"),
                          help="minibatches from a new permutation of the N images every epoch "
@@ -95,6 +99,29 @@ class RunConfig:
                                       "iteration; H > 1 lets every task take H steps on its own "
                                       "share of the minibatches, then averages the parameters "
                                       "and velocities (for slow networks)")
+    # ----- the data (what it is: fixed; how to read it: adjustable) -------
+    labels: str = setting("fine", "fixed", "--labels", group="data", choices=("fine", "coarse"),
+                          help="CIFAR-100: the 100 fine classes or the 20 coarse ones")
+    test_fraction: float = setting(None, "fixed", "--test-fraction", kind="open_fraction",
+                                   metavar="F", group="data",
+                                   help="an image folder with no train/ and test/: hold out "
+                                        "this class-stratified share of it (drawn from --seed) "
+                                        "as the test images")
+    image_size: str = setting(None, "fixed", "--image-size", kind="size", metavar="HxW",
+                              group="data",
+                              help="resize every image to H x W (default: the images' own "
+                                   "size; images of mixed sizes need this)")
+    crop: bool = setting(False, "fixed", "--crop", kind="flag", group="data",
+                         help="with --image-size: center-crop to H x W instead of resizing")
+    data_format: str = setting(None, "adjustable", "--data-format", group="data",
+                               choices=("cifar10", "cifar100", "mnist", "folder", "parquet"),
+                               help="the format of --data-dir (default: detected)")
+    image_column: str = setting(None, "adjustable", "--image-column", metavar="NAME", group="data",
+                                help="Parquet: the image column (default: image, img, data or "
+                                     "bytes, the first there is)")
+    label_column: str = setting(None, "adjustable", "--label-column", metavar="NAME", group="data",
+                                help="Parquet: the label column (default: label, labels, class "
+                                     "or target, the first there is)")
     # ----- this invocation only --------------------------------------------
     exchange: str = setting(None, "run", "--exchange")
     save_every: int = setting(None, "run", "--save-every", kind="positive", metavar="K",
@@ -122,6 +149,11 @@ class RunConfig:
         return self.minibatch or self.images
 
     @property
+    def image_hw(self):
+        """--image-size as (H, W), or None."""
+        return None if self.image_size is None else parse_size(self.image_size)
+
+    @property
     def augment_padding(self):
         """The crop padding if the run augments, else None (spark.recipe's convention)."""
         return self.augment_pad if self.augment else None
@@ -142,6 +174,18 @@ class RunConfig:
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
+
+
+def parse_size(text):
+    """An --image-size "HxW" (or "S" for S x S) -> (H, W); ValueError if it is not one."""
+    parts = str(text).lower().split("x")
+    try:
+        size = tuple(int(p) for p in parts) * (2 if len(parts) == 1 else 1)
+    except ValueError:
+        size = ()
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"expected a size HxW such as 32x32, got {text!r}")
+    return size
 
 
 def fields():

@@ -69,17 +69,20 @@ def batch_indices(iteration, size, total, seed=0, order="cycle"):
     return out
 
 
-def draw_augmentation(seed, iteration, count, pad):
+def draw_augmentation(seed, iteration, count, pad, flips=True):
     """The crops and flips of 0-based `iteration`'s `count` images, or None (pad None).
 
     Returns {"pad": pad, "shift": (count, 2) uint8 row and column offsets into
-    the image padded by `pad` (0 .. 2 * pad), "flip": (count,) bool}.
+    the image padded by `pad` (0 .. 2 * pad), "flip": (count,) bool}; with
+    flips False no image is flipped (the crops stay the same draws).
     """
     if pad is None:
         return None
     rng = np.random.default_rng([seed, _AUGMENT_STREAM, iteration])
     shift = rng.integers(0, 2 * pad + 1, size=(count, 2), dtype=np.uint8)
     flip = rng.random(count) < 0.5
+    if not flips:
+        flip[:] = False
     return {"pad": int(pad), "shift": shift, "flip": flip}
 
 
@@ -99,7 +102,8 @@ def iteration_inputs(run, iteration):
     trainer and every all-reduce task draw the same three from here.
     """
     index = batch_indices(iteration, run.batch_size, run.images, run.seed, run.order)
-    augment = draw_augmentation(run.seed, iteration, run.batch_size, run.augment_padding)
+    augment = draw_augmentation(run.seed, iteration, run.batch_size, run.augment_padding,
+                                run.augment_flip != "off")
     lr = learning_rate(iteration, run.lr, run.schedule, run.schedule_length or 1, run.warmup)
     return index, augment, lr
 

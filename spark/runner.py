@@ -19,12 +19,16 @@ import time
 import warnings
 
 import numpy as np
+import psutil
 
 from . import config as run_config
 from .checkpoint import CheckpointError, checkpoint_lock, remove_stale_temporaries
-from .cli import UsageError, given_settings
+from .cli import DATA_FLAGS, UsageError, given_settings
 from .cnn import CNN, Diverged
-from .data.cifar10 import TooFewImagesError, load_cifar10
+from .config import parse_size
+from .data.dataset import DataError, TooFewImagesError
+from .data.preprocess import channel_stats
+from .data.source import DataOptions, load_dataset
 from .im2col import backend as im2col_backend
 from .metrics import MetricsError, MetricsLog, rss_mb
 from .progress import progress_for
@@ -36,12 +40,60 @@ def checkpoint_path(settings, script):
     return os.path.join(settings.params_dir, f"{script}.npz")
 
 
-def load_images(settings, split, count):
+def data_options(values, settings):
+    """How to read the run's images: `values` has the data settings of RunConfig
+    (labels, test_fraction, image_size, crop, data_format, image_column,
+    label_column, seed), as attributes or a dict."""
+    get = values.get if isinstance(values, dict) else lambda key, default=None: getattr(
+        values, key, default)
+    size = get("image_size")
+    return DataOptions(format=get("data_format"), image_column=get("image_column"),
+                       label_column=get("label_column"), labels=get("labels") or "fine",
+                       test_fraction=get("test_fraction"),
+                       image_size=parse_size(size) if size else None, crop=bool(get("crop")),
+                       seed=get("seed") or 0, webhdfs=settings.webhdfs,
+                       hdfs_user=settings.hdfs_user, timeout=settings.io_timeout)
+
+
+def load_images(settings, split, count, options):
     """The first `count` images of a split; too few images is a usage error."""
     try:
-        return load_cifar10(settings.data_dir, split, limit=count)
+        return load_dataset(settings.data_dir, split, count, options)
     except TooFewImagesError as e:
         raise UsageError(f"asked for {count} images: {e}") from None
+
+
+def network_for(run, data):
+    """CNN keyword arguments of a fresh run's network, fitted to its data: the input
+    shape and the class count (the default --arch's last layer gets it), the
+    per-channel statistics of the training images, the class names. Refused in
+    one line: an --arch whose last layer disagrees with the classes, and a
+    network too big for this machine's memory (estimated before anything is
+    allocated)."""
+    from .arch import bytes_in_words, estimate_bytes, format_arch, parse_arch
+    from .cnn import DEFAULT_ARCH
+    classes = max(len(data.class_names), int(data.labels.max()) + 1 if len(data) else 0)
+    options = run.network_options()
+    arch = [dict(layer) for layer in (parse_arch(run.arch) if run.arch else DEFAULT_ARCH)]
+    last = arch[-1]
+    if run.arch is None:
+        last["outputs"] = classes
+    elif last["type"] != "fc":
+        raise UsageError(f"--arch {run.arch}: the last layer must be fully connected (it gives "
+                         f"the class scores): end it with fc{classes}")
+    elif last["outputs"] != classes:
+        raise UsageError(f"--arch {run.arch} ends with fc{last['outputs']}, but the images of "
+                         f"the data have {classes} classes: end it with fc{classes}")
+    needed, parts = estimate_bytes(arch, data.image_shape, run.dtype)
+    available = psutil.virtual_memory().available
+    if needed > 0.8 * available:
+        raise UsageError(
+            f"the network {format_arch(arch)} on {'x'.join(map(str, data.image_shape))} images "
+            f"needs about {bytes_in_words(needed)} ({parts}); this machine has "
+            f"{bytes_in_words(available)} available: choose fewer filters or outputs")
+    options.update(arch=arch, input_shape=data.image_shape, class_names=data.class_names,
+                   input_stats=channel_stats(data.images))
+    return options
 
 
 def check_settings(exchange, settings):
@@ -76,11 +128,35 @@ def check_fits(saved, path, data, data_dir):
         raise CheckpointError(
             f"{path} holds a network for {saved.describe_input()} images, but the images of "
             f"{data_dir} are {'x'.join(map(str, shape))}: it is another network's checkpoint")
+    if saved.class_names is not None and data.class_names and \
+            list(data.class_names) != saved.class_names:
+        missing = [name for name in data.class_names if name not in saved.class_names]
+        raise CheckpointError(
+            f"{path} holds a network for the classes {_names(saved.class_names)}, but the "
+            f"images of {data_dir} have {_names(data.class_names)}"
+            + (f" ({', '.join(missing[:3])} unknown to it)" if missing else "")
+            + ": it is another network's checkpoint")
     classes = int(data.labels.max()) + 1 if len(data.labels) else 0
     if classes > saved.num_classes:
         raise CheckpointError(
             f"{path} holds a network with {saved.num_classes} classes, but the labels of "
             f"{data_dir} go up to {classes - 1}: it is another network's checkpoint")
+
+
+def _names(names, shown=5):
+    """A list of class names in a few words."""
+    names = list(names)
+    text = ", ".join(names[:shown])
+    return f"[{text}{', ...' if len(names) > shown else ''}] ({len(names)})"
+
+
+def check_test_classes(train, test, data_dir):
+    """The test images may only have classes the training images have."""
+    if train.class_names and test.class_names and test.class_names != train.class_names:
+        extra = [name for name in test.class_names if name not in train.class_names]
+        if extra:
+            raise DataError(f"the test images of {data_dir} have classes the training images "
+                            f"lack: {', '.join(extra[:5])}")
 
 
 def saved_settings(net):
@@ -152,12 +228,14 @@ def train(script, args, out=sys.stdout, err=sys.stderr):
     if total == 0:
         print("0 iterations asked for: nothing trained, nothing saved", file=out)
         return
-    data = load_images(settings, "train", run.images)
+    reading = data_options(run, settings)
+    data = load_images(settings, "train", run.images, reading)
     if saved is not None:
         check_fits(saved, path, data, settings.data_dir)
     test = None
     if run.eval_every:
-        test = load_images(settings, "test", run.eval_images)
+        test = load_images(settings, "test", run.eval_images, reading)
+        check_test_classes(data, test, settings.data_dir)
         if script != "naive":
             check_batches(run.batches, len(test), " of --eval-images")
     try:
@@ -179,7 +257,7 @@ def train(script, args, out=sys.stdout, err=sys.stderr):
                 options = {key: getattr(run, key) for key in (
                     "lr", "momentum", "reg", "label_smoothing", "nesterov", "exchange_dtype")}
             else:
-                options = run.network_options()
+                options = network_for(run, data)
             with open_trainer(run.exchange, run.batches, script, settings, args.debug,
                               checkpoint=path if saved is not None else None, **options) as net:
                 wall = float(net.run_info.get("wall_s", 0.0)) if saved is not None else 0.0
@@ -286,17 +364,22 @@ def evaluate(script, split, args, out=sys.stdout):
     batches = getattr(args, "batches", None)
     check_batches(batches, args.images)
     path = checkpoint_path(settings, script)
-    data = load_images(settings, split, args.images)
     saved = CNN.load(path)
+    # the data is read as the checkpoint's run read it, unless the command line says
+    reading = dict(saved.run_info, seed=saved.seed)
+    reading.update({key: getattr(args, key) for key in DATA_FLAGS
+                    if getattr(args, key, None) is not None})
+    data = load_images(settings, split, args.images, data_options(reading, settings))
     check_fits(saved, path, data, settings.data_dir)               # before Spark starts
     with open_trainer(exchange, batches, script, settings, args.debug, checkpoint=path) as net:
         predicted = net.predict(data.images, progress_for(len(data), "evaluating"))
     correct = int(np.sum(predicted == data.labels))
     print(f"{correct} of {len(data)} {split} images right (parameters of iteration "
           f"{net.iteration})", file=out)
-    if getattr(args, "per_class", False):
-        from .evaluation import confusion_matrix, per_class_lines
-        matrix = confusion_matrix(data.labels, predicted, net.num_classes)
-        for line in per_class_lines(matrix, data.class_names):
-            print(line, file=out)
+    from .evaluation import confusion_matrix, per_class_lines
+    matrix = confusion_matrix(data.labels, predicted, net.num_classes)
+    lines = per_class_lines(matrix, net.class_names or data.class_names)
+    table = lines.index("confusion matrix (rows: true class, columns: predicted):")
+    for line in lines if getattr(args, "per_class", False) else lines[:table]:
+        print(line, file=out)
     print(f"accuracy {correct / len(data):.4f} on {len(data)} images", file=out)

@@ -79,7 +79,7 @@ class SparkCNN(CNN):
         """CNN keyword arguments the tasks build their network from (one chunk at a time)."""
         return dict(arch=self.arch, input_shape=list(self.input_shape), dtype=self.dtype.name,
                     exchange_dtype=self.exchange_dtype.name, chunk=self.chunk, threads=1,
-                    label_smoothing=self.label_smoothing)
+                    label_smoothing=self.label_smoothing, input_stats=self.input_stats)
 
     def job(self):
         return Job(network=self.network_spec(), exchange=self.exchange,

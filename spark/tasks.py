@@ -136,7 +136,8 @@ def _forward_chunks(net, images, index, augment=None):
     scores = caches = None
     input_entries = set()
     for rows in chunk_slices(n, net.chunk):
-        x = batch_input(images, index, rows, augment, net.dtype)   # (n_chunk, H, W, C)
+        x = batch_input(images, index, rows, augment, net.dtype,
+                        net.input_stats)                         # (n_chunk, H, W, C)
         chunk_scores, chunk_caches = net.forward_kept(x)           # in net.exchange_dtype
         if caches is None:
             scores = np.empty((n,) + chunk_scores.shape[1:], chunk_scores.dtype)
@@ -172,7 +173,8 @@ def _backward_chunks(net, images, index, augment, dscores, caches, inputs):
     for rows in chunk_slices(len(dscores), net.chunk):
         chunk_caches = [{name: a[rows] for name, a in cache.items()} for cache in caches]
         if inputs:
-            x = batch_input(images, index, rows, augment, net.dtype)    # (n_chunk, H, W, C)
+            x = batch_input(images, index, rows, augment, net.dtype,
+                            net.input_stats)                     # (n_chunk, H, W, C)
             for layer, name in inputs:
                 chunk_caches[layer][name] = x
         for name, g in net.backward(dscores[rows], chunk_caches).items():
@@ -187,7 +189,7 @@ def predict_task(job, data_bc, state_bc, item):
     net = _network(job.network, state["params"])
     index = state["index"][offset:offset + count]
     scores = np.concatenate([net.forward(batch_input(data_bc.value[0], index, rows,
-                                                     dtype=net.dtype))[0]
+                                                     dtype=net.dtype, stats=net.input_stats))[0]
                              for rows in chunk_slices(count, net.chunk)])
     return PredictResult(batch, scores)
 
@@ -358,7 +360,8 @@ def kept_forward_task(job, data_bc, state_bc, scores_acc, items):
         state, net, index, augment = _open_batch(job, state_bc, offset, count)
         stage, kept_bytes, scores = _stage_id(), 0, None
         for rows in chunk_slices(count, net.chunk):
-            x = batch_input(data_bc.value[0], index, rows, augment, net.dtype)  # (n_chunk, H, W, C)
+            x = batch_input(data_bc.value[0], index, rows, augment, net.dtype,
+                            net.input_stats)                            # (n_chunk, H, W, C)
             chunk_scores, caches = net.forward_kept(x)
             if scores is None:
                 scores = np.empty((count,) + chunk_scores.shape[1:], chunk_scores.dtype)
@@ -383,7 +386,8 @@ def kept_backward_task(job, data_bc, state_bc, dscores_bc, chunks):
         rows = slice(kept.start, kept.stop)
         chunk_caches = kept.caches
         if kept.inputs:
-            x = batch_input(data_bc.value[0], index, rows, augment, net.dtype)
+            x = batch_input(data_bc.value[0], index, rows, augment, net.dtype,
+                            net.input_stats)
             for layer, name in kept.inputs:
                 chunk_caches[layer][name] = x
         dscores = dscores_bc.value[kept.offset + kept.start:kept.offset + kept.stop]

@@ -10,16 +10,26 @@ CHANNEL_MEAN = (0.4914, 0.4822, 0.4465)
 CHANNEL_STD = (0.2470, 0.2435, 0.2616)
 
 
-def normalize_images(images, dtype=np.float32):
+def default_stats(channels):
+    """(mean, std) per channel when a run has none of its own (checkpoints written
+    before the statistics were the training images'): CIFAR-10's for 3 channels."""
+    if channels == 3:
+        return CHANNEL_MEAN, CHANNEL_STD
+    return (0.5,) * channels, (0.25,) * channels
+
+
+def normalize_images(images, dtype=np.float32, stats=None):
     """(N, H, W, C) uint8 -> (N, H, W, C) `dtype`, per-channel zero mean, unit std.
 
-    Deterministic: the same uint8 images always give bit-identical output, so a
-    Spark task can rebuild a batch's input instead of storing it.
+    stats: (mean, std), C values each on the 0..1 scale (the training images'),
+    or None for default_stats. Deterministic: the same uint8 images always
+    give bit-identical output, so a Spark task can rebuild a batch's input
+    instead of storing it.
     """
     dtype = np.dtype(dtype)
     channels = images.shape[-1]
-    mean = np.asarray(CHANNEL_MEAN[:channels] if channels == 3 else [0.5] * channels, dtype)
-    std = np.asarray(CHANNEL_STD[:channels] if channels == 3 else [0.25] * channels, dtype)
+    mean, std = stats if stats is not None else default_stats(channels)
+    mean, std = np.asarray(mean, dtype), np.asarray(std, dtype)
     scale = (1.0 / (255.0 * std)).astype(dtype)                    # (C,)
     offset = (mean / std).astype(dtype)                            # (C,)
     out = images.astype(dtype, order="C")                          # (N, H, W, C)
@@ -47,15 +57,43 @@ def augment_images(images, shift, flip, pad):
     return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-def batch_input(images, index, rows, augment=None, dtype=np.float32):
+def batch_input(images, index, rows, augment=None, dtype=np.float32, stats=None):
     """The network input for `rows` (a slice) of a batch -> (n, H, W, C) `dtype`.
 
     images: the whole set, (T, H, W, C) uint8; index: (N,) the batch's
     positions in it, or None for images[rows] itself; augment: the batch's
-    augmentation draw (spark.recipe.draw_augmentation, N entries) or None.
+    augmentation draw (spark.recipe.draw_augmentation, N entries) or None;
+    stats: the per-channel (mean, std) to normalise with (normalize_images).
     """
     picked = images[rows] if index is None else images[index[rows]]
     if augment is not None:
         picked = augment_images(picked, augment["shift"][rows], augment["flip"][rows],
                                 augment["pad"])
-    return normalize_images(picked, dtype)
+    return normalize_images(picked, dtype, stats)
+
+
+def channel_stats(images, chunk=4096):
+    """Per-channel (mean, std) of uint8 images on the 0..1 scale, as tuples of floats.
+
+    images: (N, H, W, C) uint8, an array or an array-like source; one that has
+    `chunks()` (spark.data.parquet's lazy images) is read piece by piece
+    without keeping what it read. Summed in float64, chunk by chunk.
+    """
+    pieces = images.chunks() if hasattr(images, "chunks") else (
+        images[start:start + chunk] for start in range(0, len(images), chunk))
+    total = total_sq = None
+    count = 0
+    for piece in pieces:
+        values = np.asarray(piece, np.float64).reshape(-1, piece.shape[-1]) / 255.0  # (n, C)
+        if total is None:
+            total, total_sq = values.sum(axis=0), (values * values).sum(axis=0)
+        else:
+            total += values.sum(axis=0)
+            total_sq += (values * values).sum(axis=0)
+        count += len(values)
+    if not count:
+        raise ValueError("no images to compute channel statistics from")
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
+    std = np.where(std > 0, std, 1.0)          # a constant channel: leave its scale alone
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)

@@ -318,7 +318,7 @@ class RedisStore(ArrayStore):
             for _ in keys:
                 try:
                     conn.read_response()
-                except Exception as e:  # noqa: BLE001 - collect server errors, keep reading
+                except Exception as e:  # collect server errors, keep reading; re-raise the rest
                     import redis
                     if not isinstance(e, redis.exceptions.ResponseError):
                         raise

@@ -1,5 +1,6 @@
 """Accuracy of the Redis-exchange CNN on the first N training images, over B Spark tasks:
-spark-submit --py-files <egg> locality_training_test.py [num images] [num iterations] [num batches] [--exchange ...]."""
+spark-submit --py-files <egg> locality_training_test.py [num images] [num iterations] [num batches]
+    [--exchange ...]."""
 import sys
 
 from spark.cli import run, test_parser

@@ -5,4 +5,5 @@ from spark.cli import run, train_parser
 from spark.runner import train
 
 if __name__ == "__main__":
-    sys.exit(run(lambda args: train("naive", args), train_parser("naive_train.py", distributed=False)))
+    sys.exit(run(lambda args: train("naive", args),
+                 train_parser("naive_train.py", distributed=False)))

@@ -1,4 +1,5 @@
-"""Accuracy of the locally trained CNN on the first N training images: python3 naive_training_test.py [N]."""
+"""Accuracy of the locally trained CNN on the first N training images:
+python3 naive_training_test.py [N]."""
 import sys
 
 from spark.cli import run, test_parser

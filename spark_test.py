@@ -1,5 +1,6 @@
 """Accuracy of the HDFS-exchange CNN on the first N test images, over B Spark tasks:
-spark-submit --py-files <egg> spark_test.py [num images] [num iterations] [num batches] [--exchange ...]."""
+spark-submit --py-files <egg> spark_test.py [num images] [num iterations] [num batches]
+    [--exchange ...]."""
 import sys
 
 from spark.cli import run, test_parser

@@ -22,8 +22,8 @@
         --augment (the same minibatches, crops, flips and rates; bench/torch_recipe.py):
         test accuracy on the test images after every epoch, training seconds so far
         (evaluation excluded), the trainers' metrics records. Needs PyTorch, as torch.
-    python3 bench/bench.py compare [--images 10000] [--iterations 3] [--batches 4] [--master local[2]]
-            [--exchange-dtype float32|float16]
+    python3 bench/bench.py compare [--images 10000] [--iterations 3] [--batches 4]
+            [--master local[2]] [--exchange-dtype float32|float16]
         the local trainer and the four --exchange modes (hdfs, redis, spark, none),
         same N, I, B: iteration time split into forward, backward, store I/O and
         broadcast, bytes stored per image, and each mode's fixed cost (its
@@ -120,14 +120,15 @@ def torch_rates(torch, x, y, iterations, minibatches, batches):
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9,
                                     weight_decay=5e-4)
 
-        def train_pass(m, count):
+        # defaults bind this format's model, data and optimizer (B023: not a later loop's)
+        def train_pass(m, count, model=model, xf=xf, loss_fn=loss_fn, optimizer=optimizer):
             for start in range(0, count, m):
                 optimizer.zero_grad(set_to_none=True)
                 loss = loss_fn(model(xf[start:start + m]), y[start:start + m])
                 loss.backward()
                 optimizer.step()
 
-        def predict_pass(m):
+        def predict_pass(m, model=model, xf=xf):
             with torch.inference_mode():
                 for start in range(0, n, m):
                     model(xf[start:start + m])
@@ -143,11 +144,11 @@ def torch_rates(torch, x, y, iterations, minibatches, batches):
         model.train()
         for m in minibatches:
             train_pass(m, min(n, 4 * m))                           # warm-up
-            training[fmt_name, m] = rate(lambda: train_pass(m, n))
+            training[fmt_name, m] = rate(lambda m=m: train_pass(m, n))
         model.eval()
         for m in batches:
             predict_pass(m)
-            prediction[fmt_name, m] = rate(lambda: predict_pass(m))
+            prediction[fmt_name, m] = rate(lambda m=m: predict_pass(m))
     return training, prediction
 
 
@@ -407,16 +408,18 @@ def cluster(args):
 def _print_staged(rows, args):
     print(f"N={args.images} I={args.iterations} B={args.batches}, simulated nodes of 1 core each "
           "on this machine's 2 cores; medians over iterations 2..I")
-    print(f"{'nodes':>5s} {'trainer':9s} {'iteration s':>11s} {'x 1 node':>8s} {'local reads':>11s} "
-          f"{'hosts':>5s} {'remote store MB':>15s} {'crossed MB':>10s} {'task s':>7s}")
+    print(f"{'nodes':>5s} {'trainer':9s} {'iteration s':>11s} {'x 1 node':>8s} "
+          f"{'local reads':>11s} {'hosts':>5s} {'remote store MB':>15s} {'crossed MB':>10s} "
+          f"{'task s':>7s}")
     first = {r["kind"]: r["time"] for r in rows if r["nodes"] == rows[0]["nodes"]}
     for r in rows:
-        print(f"{r['nodes']:5d} {r['kind']:9s} {r['time']:11.2f} {r['time'] / first[r['kind']]:8.2f} "
-              f"{r['local']:11.0%} {r['hosts']:5d} {r['remote_mb']:15.1f} {r['crossed_mb']:10.1f} "
-              f"{r['task_s']:7.2f}")
+        print(f"{r['nodes']:5d} {r['kind']:9s} {r['time']:11.2f} "
+              f"{r['time'] / first[r['kind']]:8.2f} {r['local']:11.0%} {r['hosts']:5d} "
+              f"{r['remote_mb']:15.1f} {r['crossed_mb']:10.1f} {r['task_s']:7.2f}")
     print("task s: the tasks' own compute and store time, summed over the batches of an iteration")
     print()
-    print("model: time on K machines of c cores = fixed + tasks / (K c) + crossed bytes / bandwidth")
+    print("model: time on K machines of c cores = "
+          "fixed + tasks / (K c) + crossed bytes / bandwidth")
     for kind in sorted({r["kind"] for r in rows}):
         one = next(r for r in rows if r["kind"] == kind)
         fixed = max(one["time"] - one["task_s"] / one["nodes"], 0.0)
@@ -425,9 +428,10 @@ def _print_staged(rows, args):
         for machines in (1, 2, 4, 8, 16):
             predicted = (fixed + one["task_s"] / machines
                          + crossed_per_image * args.images * (machines - 1) / machines / 125.0)
-            cells.append(f"K={machines}: {predicted:.2f}s ({(fixed + one['task_s']) / predicted:.1f}x)")
-        print(f"  {kind}: fixed {fixed:.2f}s, tasks {one['task_s']:.2f}s per iteration; with 1 core "
-              f"per machine and 1 Gbit/s: " + ", ".join(cells))
+            cells.append(f"K={machines}: {predicted:.2f}s "
+                         f"({(fixed + one['task_s']) / predicted:.1f}x)")
+        print(f"  {kind}: fixed {fixed:.2f}s, tasks {one['task_s']:.2f}s per iteration; "
+              f"with 1 core per machine and 1 Gbit/s: " + ", ".join(cells))
 
 
 def cluster_allreduce(nodes, every, args, data_dir):
@@ -540,7 +544,8 @@ def main(argv=None):
                          help="images of the per-layer profile")
     figures.add_argument("--accuracy", nargs="+", action="extend", metavar="METRICS.jsonl[,LABEL]",
                          help="metrics files with test_accuracy for the accuracy chart")
-    trainers = parser.add_argument_group("recipe (also --epochs, --minibatch, --modes local,allreduce)")
+    trainers = parser.add_argument_group(
+        "recipe (also --epochs, --minibatch, --modes local,allreduce)")
     trainers.add_argument("--arch", help="the trainers' --arch")
     trainers.add_argument("--average-every", dest="average_every", metavar="H,H,...",
                           help="one allreduce run per value (default 1)")

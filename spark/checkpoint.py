@@ -114,7 +114,8 @@ def load_checkpoint(path):
                                   f"(damaged or not ours: {reason})")
         with np.load(path, allow_pickle=False) as npz:
             if "meta" not in npz.files:
-                raise CheckpointError(f"{path} is not a spark-cnn checkpoint (it holds no metadata)")
+                raise CheckpointError(f"{path} is not a spark-cnn checkpoint "
+                                      "(it holds no metadata)")
             meta = json.loads(str(npz["meta"]))
             arrays = {k[2:]: npz[k] for k in npz.files if k.startswith("a/")}
     except CheckpointError:

@@ -29,7 +29,8 @@ def _whole_number(minimum):
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
         if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected a number of at least {minimum}, got {value}")
+            raise argparse.ArgumentTypeError(
+                f"expected a number of at least {minimum}, got {value}")
         return value
     return parse
 

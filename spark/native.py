@@ -253,7 +253,7 @@ def load(front_ends: Callable[[Any], Any], reference) -> Native:
     try:
         module = _load_native()
         _self_test(module, front_ends, reference)
-    except Exception as exc:  # noqa: BLE001 - any failure means fallback
+    except Exception as exc:  # any failure means fallback
         reason = f"{type(exc).__name__}: {exc}"
         if mode == "native":
             raise ImportError(f"{_ENV_BACKEND}=native but the native "

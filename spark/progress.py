@@ -32,7 +32,8 @@ class Progress:
             self.stream.flush()
         elif finished or now - self.last >= self.every:
             self.stream.write(f"{self.label}: {self.done}/{self.total} "
-                              f"({100 * self.done // self.total}%) after {now - self.started:.1f}s\n")
+                              f"({100 * self.done // self.total}%) "
+                              f"after {now - self.started:.1f}s\n")
             self.stream.flush()
             self.last = now
 

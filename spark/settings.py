@@ -32,7 +32,10 @@ class SettingsError(ValueError):
 
 
 def redis_password(environ=None):
-    """The Redis password (None if neither variable is set); the file's trailing newline is dropped."""
+    """The Redis password (None if neither variable is set).
+
+    A password file's trailing newline is dropped.
+    """
     environ = os.environ if environ is None else environ
     if environ.get(PASSWORD_VARIABLE):
         return environ[PASSWORD_VARIABLE]

@@ -254,10 +254,13 @@ class SparkCNN(CNN):
         clear_run(self.exchange)
 
     def clear_quietly(self):
-        """clear_intermediates while another error is on its way: that error is the one to report."""
+        """clear_intermediates while another error is on its way.
+
+        That error is the one to report, so a failure here is dropped.
+        """
         try:
             self.clear_intermediates()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - the error already on its way is the one to report
             pass
 
     def close(self, quietly=False):

@@ -52,7 +52,8 @@ class Job:
     network: dict            # CNN keyword arguments: arch, input_shape, the dtypes, chunk
     exchange: ExchangeConfig
     iteration: int
-    driver_host: str = ""    # spark.driver.host: tasks name their node by the address that reaches it
+    # spark.driver.host: tasks name their node by the address that reaches it
+    driver_host: str = ""
 
 
 @dataclass
@@ -270,7 +271,8 @@ def backward_task(job, data_bc, state_bc, dscores_bc, record_json):
     grads = _backward_chunks(net, data_bc.value[0], index, augment, dscores, caches, inputs)
     stats = {"store_read_s": loaded - started, "task_backward_s": time.perf_counter() - loaded,
              "im2col": [im2col.backend()], "recomputed_batches": recomputed,
-             "backward_reads_local": int(local is True), "backward_reads_remote": int(local is False),
+             "backward_reads_local": int(local is True),
+             "backward_reads_remote": int(local is False),
              "store_read_bytes_remote": nbytes if local is False else 0,
              "backward_hosts": list(node_names(job.driver_host)[:1])}
     return BackwardResult(grads, stats)

@@ -95,7 +95,7 @@ def redis_addresses(service_env) -> list[str]:
             client = redis.Redis(host=host, port=int(port), socket_timeout=5)
         try:
             client.ping()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - any failure: one message saying what to start
             pytest.fail(f"Redis at {address} is not reachable: {e}; run scripts/services.sh start")
         finally:
             client.close()
@@ -113,7 +113,7 @@ def hdfs_settings(service_env) -> HdfsSettings:
                             root=service_env.get("SPARK_CNN_HDFS_ROOT") or "/spark-cnn")
     try:
         InsecureClient(settings.webhdfs, user=settings.user, timeout=10).status("/")
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - any failure: one message saying what to start
         pytest.fail(f"WebHDFS at {settings.webhdfs} is not reachable: {e}; "
                     "run scripts/services.sh start")
     return settings
@@ -169,7 +169,8 @@ def cluster():
     fully up before the session (started by hand or by another session) is
     left running."""
     if os.geteuid() != 0:
-        pytest.fail("the cluster tier needs root (network namespaces): run as root or -m 'not cluster'")
+        pytest.fail("the cluster tier needs root (network namespaces): "
+                    "run as root or -m 'not cluster'")
     handle = Cluster(CLUSTER_NODES)
     already_up = handle.status().returncode == 0
     handle.up()

@@ -1,4 +1,5 @@
-"""Helpers for tests that run the entry scripts (locally or with spark-submit), or start their own servers."""
+"""Helpers for tests that run the entry scripts (locally or with spark-submit),
+or start their own servers."""
 import contextlib
 import os
 import shutil
@@ -131,7 +132,7 @@ class RedisServer:
     def _answers(self):
         try:
             return self.client().ping()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - polled while the server starts: not up yet
             return False
 
     def keys(self):

@@ -242,7 +242,8 @@ def test_rows_arrive_while_the_segment_runs(sc, synthetic_train):
     net = AllReduceCNN(sc=sc, settings=settings(), batches=2, **run.network_options())
     arrived = []
     rows = net.train_segment(images, labels, run, 40,
-                             on_row=lambda row: arrived.append((row["iteration"], time.monotonic())))
+                             on_row=lambda row: arrived.append((row["iteration"],
+                                                                time.monotonic())))
     returned = time.monotonic()
     assert [i for i, _ in arrived] == list(range(1, 41))
     assert arrived[0][1] < returned - 0.3                  # printed long before the segment ended

@@ -259,7 +259,8 @@ def test_missing_folder_gives_helpful_error(tmp_path):
         with pytest.raises(FileNotFoundError) as info:
             load_cifar10(path, "train")
         text = str(info.value)
-        assert "python3 -m spark.data.synthetic" in text and "python3 -m spark.data.download_cifar10" in text
+        assert "python3 -m spark.data.synthetic" in text
+        assert "python3 -m spark.data.download_cifar10" in text
         assert "data_batch_1" in text and str(path) in text
 
 

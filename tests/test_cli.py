@@ -81,7 +81,8 @@ def test_non_finite_flags_say_finite(tmp_path):
 
 def test_zero_iterations_train_and_save_nothing(synthetic_dir, tmp_path):
     params = tmp_path / "params"
-    result = run_script("naive_train.py", 10, 0, "--data-dir", synthetic_dir, "--params-dir", params)
+    result = run_script("naive_train.py", 10, 0, "--data-dir", synthetic_dir,
+                        "--params-dir", params)
     assert result.returncode == 0, result.stderr
     assert "nothing trained, nothing saved" in result.stdout
     assert "parameters saved" not in result.stdout and not params.exists()
@@ -112,7 +113,8 @@ def test_unwritable_metrics_file_is_refused_before_the_first_iteration(where, sy
 def test_help_describes_the_arguments():
     result = run_script("naive_train.py", "--help")
     assert result.returncode == 0
-    for word in ("images", "iterations", "--minibatch", "--metrics", "--data-dir", "SPARK_CNN_DATA_DIR"):
+    for word in ("images", "iterations", "--minibatch", "--metrics", "--data-dir",
+                 "SPARK_CNN_DATA_DIR"):
         assert word in result.stdout
 
 

@@ -64,7 +64,8 @@ def test_up_exports_and_status(cluster):
     proc = cluster.status()
     assert proc.returncode == 0, proc.stdout + proc.stderr
     states = status_lines(proc)
-    expected = {(k, d) for k in range(1, NODES + 1) for d in ("network", "redis", "datanode", "worker")}
+    expected = {(k, d) for k in range(1, NODES + 1)
+                for d in ("network", "redis", "datanode", "worker")}
     expected |= {(1, "master"), (1, "namenode")}
     assert set(states) == expected and set(states.values()) == {"up"}, proc.stdout
 
@@ -139,7 +140,8 @@ def test_webhdfs_write_from_a_node_lands_on_its_datanode(cluster):
         webhdfs, user, path = sys.argv[1:4]
         InsecureClient(webhdfs, user=user, timeout=30).write(path, b"x" * 4096)
         url = "%s/webhdfs/v1%s?op=GETFILEBLOCKLOCATIONS&user.name=%s" % (webhdfs, path, user)
-        blocks = json.load(urllib.request.urlopen(url, timeout=30))["BlockLocations"]["BlockLocation"]
+        found = json.load(urllib.request.urlopen(url, timeout=30))
+        blocks = found["BlockLocations"]["BlockLocation"]
         print(json.dumps([b["names"] for b in blocks]))
     """
     try:

@@ -52,7 +52,8 @@ def naive_run(synthetic_dir, tmp_path_factory):
 
 def cluster_job(cluster, script, tmp_path, synthetic_dir, *extra, env=None):
     metrics = tmp_path / f"{script}.jsonl"
-    run_env = {"SPARK_CNN_DATA_DIR": synthetic_dir, "SPARK_CNN_PARAMS_DIR": str(tmp_path / "params")}
+    run_env = {"SPARK_CNN_DATA_DIR": synthetic_dir,
+               "SPARK_CNN_PARAMS_DIR": str(tmp_path / "params")}
     run_env.update(env or {})
     args = [IMAGES, ITERATIONS, BATCHES, "--seed", 3, "--metrics", metrics, *extra]
     return metrics, args, run_env

@@ -189,8 +189,9 @@ def test_spark_exchange_survives_a_killed_python_worker_in_the_backward_stage(
     settings = make_settings(",".join(redis_addresses), hdfs_settings)
     expected = reference_params("spark-exchange", settings, sc, images, labels, 2)
     net = CachedCNN(sc=sc, settings=settings, batches=4, seed=3, chunk=32)
-    records, killed = train_with_fault(net, images, labels, 2, 2, "backward",
-                                       lambda: kill_python_workers_of(sc, f"{net.run_id}-2-backward"))
+    records, killed = train_with_fault(
+        net, images, labels, 2, 2, "backward",
+        lambda: kill_python_workers_of(sc, f"{net.run_id}-2-backward"))
     assert killed, "no Python worker was running"
     assert failed_tasks(sc, f"{net.run_id}-2-backward") >= 1
     assert [r["exchange"] for r in records] == ["spark", "spark"]
@@ -280,7 +281,8 @@ def test_redis_password_missing_wrong_and_right(egg, synthetic_dir, service_env,
         metrics = tmp_path / "metrics.jsonl"
         right = submit(egg, "locality_train.py", [40, 2, 2, "--metrics", metrics, "--debug"],
                        dict(env, SPARK_CNN_REDIS_PASSWORD_FILE=str(secret),
-                            SPARK_CNN_WEBHDFS="http://127.0.0.1:1"),    # the Redis exchange needs no HDFS
+                            # the Redis exchange needs no HDFS
+                            SPARK_CNN_WEBHDFS="http://127.0.0.1:1"),
                        tmp_path)
         assert right.returncode == 0, right.stderr[-3000:]
         assert password not in right.stdout + right.stderr + metrics.read_text()
@@ -519,7 +521,8 @@ def test_spark_jvm_out_of_memory_ends_with_one_line_from_conf(tmp_path):
     assert len(lines) == 1, result.stderr[-3000:]
     assert "Spark's JVM stopped: Java heap space" in lines[0]
     assert "raise spark-submit --driver-memory" in lines[0]
-    assert "INFO" not in result.stderr and "Using Spark's default log4j profile" not in result.stderr
+    assert "INFO" not in result.stderr
+    assert "Using Spark's default log4j profile" not in result.stderr
 
 
 def test_allreduce_under_dynamic_allocation_is_one_line_saying_what_to_set(egg, synthetic_dir,

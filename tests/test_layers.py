@@ -153,9 +153,9 @@ def test_fused_conv_relu_pool_equals_the_separate_layers(in_shape, arch, monkeyp
     assert [part.name for part in (sandwich.conv, sandwich.relu, sandwich.pool)] == \
         [layer.name for layer in plain[-3:]]
     assert not any(isinstance(layer, ConvReluPool) for layer in plain)
-    assert [c for layer in fused for c in layer.configs()] == [l.config() for l in plain]
+    assert [c for layer in fused for c in layer.configs()] == [layer.config() for layer in plain]
     for layer in plain:                        # same parameters: a bias that matters
-        for key, value in layer.params.items():
+        for value in layer.params.values():
             value[...] = rng.standard_normal(value.shape) * 0.5
     fused_params, plain_params = _params(fused), _params(plain)
     assert list(fused_params) == list(plain_params)

@@ -27,7 +27,8 @@ def test_pip_wheel_installs_with_the_native_core(tmp_path):
          wheels[0]], capture_output=True, text=True, timeout=300)
     assert install.returncode == 0, install.stderr[-2000:]
     probe = subprocess.run(
-        [sys.executable, "-c", "import spark, spark.im2col as m; print(spark.__file__); print(m.backend())"],
+        [sys.executable, "-c",
+         "import spark, spark.im2col as m; print(spark.__file__); print(m.backend())"],
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
         env=dict(os.environ, PYTHONPATH=str(tmp_path / "site")))
     assert probe.returncode == 0, probe.stderr

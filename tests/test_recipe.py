@@ -84,7 +84,8 @@ def test_augmentation_is_a_padded_crop_and_a_flip():
     centre = augment_images(images, np.full((40, 2), 2, np.uint8), np.zeros(40, bool), 2)
     np.testing.assert_array_equal(centre, images)
     again = draw_augmentation(seed=1, iteration=5, count=40, pad=2)
-    assert np.array_equal(again["shift"], draw["shift"]) and np.array_equal(again["flip"], draw["flip"])
+    assert np.array_equal(again["shift"], draw["shift"])
+    assert np.array_equal(again["flip"], draw["flip"])
     other = draw_augmentation(seed=1, iteration=6, count=40, pad=2)
     assert not np.array_equal(other["shift"], draw["shift"])
     assert draw_augmentation(seed=1, iteration=5, count=40, pad=None) is None

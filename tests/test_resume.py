@@ -202,7 +202,8 @@ def test_a_run_removes_what_a_killed_saver_left(synthetic_dir, tmp_path):
     host = __import__("spark.checkpoint", fromlist=["_host"])._host()
     leftover = params / f".tmp-{dead_pid()}-{host}-zz9.npz"
     leftover.write_bytes(b"PK\x03\x04 half a checkpoint")
-    result = run_script("naive_train.py", 20, 1, "--data-dir", synthetic_dir, "--params-dir", params)
+    result = run_script("naive_train.py", 20, 1, "--data-dir", synthetic_dir,
+                        "--params-dir", params)
     assert result.returncode == 0, result.stderr
     assert not leftover.exists()
     assert f"note: removed {leftover}" in result.stderr
@@ -223,7 +224,8 @@ def kill_when_saved(command, checkpoint, at_least, env, cwd, log, timeout=600):
     try:
         deadline = time.monotonic() + timeout
         while saved_iteration(checkpoint) < at_least:
-            assert proc.poll() is None, f"ended before iteration {at_least}: {open(log).read()[-3000:]}"
+            assert proc.poll() is None, \
+                f"ended before iteration {at_least}: {open(log).read()[-3000:]}"
             assert time.monotonic() < deadline, "no checkpoint in time"
             try:
                 family = psutil.Process(proc.pid).children(recursive=True)
@@ -404,7 +406,8 @@ def test_a_second_run_into_the_same_checkpoint_is_refused(synthetic_dir, tmp_pat
     params = tmp_path / "params"
     args = [400, 100000, "--minibatch", 100, "--data-dir", synthetic_dir, "--params-dir", params]
     first = subprocess.Popen([sys.executable, os.path.join(ROOT, "naive_train.py"),
-                              *map(str, args), "--seed", "1"], env=dict(os.environ, PYTHONPATH=ROOT),
+                              *map(str, args), "--seed", "1"],
+                             env=dict(os.environ, PYTHONPATH=ROOT),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120

@@ -60,7 +60,8 @@ def raw_ping(address, auth=None):
 
 def client(address, password=None):
     if address.startswith("unix://"):
-        return redis.Redis(unix_socket_path=address[len("unix://"):], password=password, socket_timeout=5)
+        return redis.Redis(unix_socket_path=address[len("unix://"):], password=password,
+                           socket_timeout=5)
     host, _, port = address.rpartition(":")
     return redis.Redis(host=host, port=int(port), password=password, socket_timeout=5)
 

@@ -173,7 +173,7 @@ def test_intermediates_are_deleted_after_a_failed_iteration(exchange, sc, settin
                                                             synthetic_train):
     """The driver fails between the stages: the stored matrices, or the persisted RDD, go."""
     dist = EXCHANGES[exchange](sc=sc, settings=settings, batches=2, seed=0, chunk=16)
-    bad_labels = np.full(len(synthetic_train.labels), 99)         # out of range: fails on the driver
+    bad_labels = np.full(len(synthetic_train.labels), 99)   # out of range: fails on the driver
     with pytest.raises(IndexError):
         dist.loss_and_gradients(synthetic_train.images, bad_labels, np.arange(20))
     assert_nothing_left(dist, settings)

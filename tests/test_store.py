@@ -91,7 +91,8 @@ def second_redis(tmp_path_factory):
                 break
             except redis.exceptions.ConnectionError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"second redis-server did not start: {(d / 'redis.log').read_text()}")
+                    pytest.fail("second redis-server did not start: "
+                                f"{(d / 'redis.log').read_text()}")
                 time.sleep(0.05)
         yield address
     finally:
@@ -400,8 +401,9 @@ def test_redis_get_falls_back_across_addresses(rstore, redis_addresses, second_r
 
 def test_redis_unreachable_message():
     s = RedisStore([f"127.0.0.1:{free_port()}"], new_ns())
-    with pytest.raises(StoreUnavailableError, match=r"cannot reach Redis at 127\.0\.0\.1:\d+: "
-                                                   r"connection refused; start it with scripts/services.sh start"):
+    with pytest.raises(StoreUnavailableError,
+                       match=r"cannot reach Redis at 127\.0\.0\.1:\d+: connection refused; "
+                             r"start it with scripts/services.sh start"):
         s.put("w", np.zeros(3))
     with pytest.raises(ConnectionError):
         s.get("w")
@@ -466,7 +468,8 @@ def test_hdfs_namespaces_and_delete_all(hdfs_settings):
 
 def test_hdfs_unreachable_message(hdfs_settings):
     s = HdfsStore(f"http://127.0.0.1:{free_port()}", "u", "/spark-cnn", new_ns())
-    with pytest.raises(StoreUnavailableError, match="cannot reach the NameNode's WebHDFS at .*services.sh start"):
+    with pytest.raises(StoreUnavailableError,
+                       match="cannot reach the NameNode's WebHDFS at .*services.sh start"):
         s.put("w", np.zeros(1))
 
 

@@ -34,7 +34,8 @@ def test_spark_submit_trains_and_evaluates_from_the_egg(kind, egg, synthetic_dir
     for script, n in ((f"{kind}_test.py", 120), (f"{kind}_training_test.py", 250)):
         result = submit(egg, script, [n, 3, 4], env, work)
         assert result.returncode == 0, result.stderr[-4000:]
-        assert re.fullmatch(rf"accuracy [01]\.\d+ on {n} images", result.stdout.strip().splitlines()[-1])
+        assert re.fullmatch(rf"accuracy [01]\.\d+ on {n} images",
+                            result.stdout.strip().splitlines()[-1])
 
     # nothing of the runs is left in HDFS or Redis
     hdfs = InsecureClient(service_env["SPARK_CNN_WEBHDFS"], user=service_env["SPARK_CNN_HDFS_USER"])
@@ -42,7 +43,8 @@ def test_spark_submit_trains_and_evaluates_from_the_egg(kind, egg, synthetic_dir
     for address in parse_redis_addresses(service_env["SPARK_CNN_REDIS"]):
         client = (redis.Redis(unix_socket_path=address[len("unix://"):])
                   if address.startswith("unix://")
-                  else redis.Redis(host=address.rsplit(":", 1)[0], port=int(address.rsplit(":", 1)[1])))
+                  else redis.Redis(host=address.rsplit(":", 1)[0],
+                                   port=int(address.rsplit(":", 1)[1])))
         assert list(client.scan_iter(match="spark-cnn:*", count=1000)) == []
         client.close()
 

@@ -15,7 +15,7 @@ from spark.cnn import CNN
 from spark.data.preprocess import normalize_images
 
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from torch_recipe import recipe_iterations, torch_weights  # noqa: E402
+from torch_recipe import recipe_iterations, torch_weights
 
 
 def nchw_scores(weights, x):

@@ -333,7 +333,8 @@ def _load_bin_folder(folder: Path, split: str, want: int | None) -> Dataset:
         sizes.append(size // record)
     total = sum(sizes)
     if want is not None and want > total:
-        raise TooFewImagesError(f"limit={want} but the {split} split in {folder} has only {total} images")
+        raise TooFewImagesError(f"limit={want} but the {split} split in {folder} "
+                                f"has only {total} images")
     collector = _Collector(want)
     for name, count in zip(names, sizes):
         if collector.full:

@@ -152,7 +152,7 @@ def unpickle_dict(fileobj: BinaryIO, where: str) -> dict:
         raise ValueError(f"{where}: refused to unpickle: {exc}") from None
     except (OSError, MemoryError):
         raise
-    except Exception as exc:  # truncated or garbage file: pickle raises many kinds
+    except Exception as exc:  # noqa: BLE001 - truncated or garbage file: pickle raises many kinds
         raise ValueError(
             f"{where}: not a valid CIFAR-10 pickle ({type(exc).__name__}: {exc})"
         ) from None

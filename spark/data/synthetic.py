@@ -7,8 +7,8 @@ protocol-2 pickles of dicts with ``data`` (uint8, N x 3072: red plane, green, bl
 row-major), ``labels`` (list of ints), ``batch_label`` and ``filenames``, and a meta dict with
 ``label_names``, ``num_cases_per_batch`` and ``num_vis``. The pickles use the same opcodes as the
 official (Python 2) files, so anything that reads CIFAR-10 reads these the same way:
-a standard pickle reader with ``encoding='latin1'`` gives str keys, ``encoding='bytes'`` gives bytes keys, and
-the only globals are ``numpy.core.multiarray._reconstruct``, ``numpy.ndarray`` and
+a standard pickle reader with ``encoding='latin1'`` gives str keys, ``encoding='bytes'`` gives
+bytes keys, and the only globals are ``numpy.core.multiarray._reconstruct``, ``numpy.ndarray`` and
 ``numpy.dtype``, as ``spark.data.cifar10.load_cifar10``'s restricted unpickler allows.
 
 What the images look like. Classes are named ``class0`` .. ``class9`` (deliberately not the
@@ -26,11 +26,11 @@ colour and brightness, background level and tint, stripe phase, and Gaussian pix
 (sigma 25). Neighbouring classes' patches overlap, so the task is easy for a small CNN but not
 trivial; the mean colour of an image says nothing about its class. Pixel mean about 110 and
 std about 40 per channel (CIFAR-10: about 120 and 63), close enough that CIFAR-10
-normalisation and hyper-parameters suit it. Measured (2,000 training / 500 test images): a nearest-class-mean
-classifier on raw pixels scores about 75% (chance is 10%); conv 3x3x8 -> ReLU -> 2x2 max-pool
--> fully connected reaches about 95% after 40 full-batch gradient steps (lr 0.1); the
-project's default CNN (``spark.cnn.CNN()``) takes 300 images from loss 3.6 to 0.7 in 15
-full-batch iterations.
+normalisation and hyper-parameters suit it. Measured (2,000 training / 500 test images): a
+nearest-class-mean classifier on raw pixels scores about 75% (chance is 10%); conv 3x3x8 ->
+ReLU -> 2x2 max-pool -> fully connected reaches about 95% after 40 full-batch gradient steps
+(lr 0.1); the project's default CNN (``spark.cnn.CNN()``) takes 300 images from loss 3.6 to
+0.7 in 15 full-batch iterations.
 
 Labels are balanced (each class equally often, up to one image) and shuffled. The same
 arguments give the same images; the test set depends only on ``seed`` and ``test``.

@@ -113,8 +113,8 @@ def clear_run(config):
 
 
 _REDIS_STALL = re.compile(r"Redis at (\S+) did not answer within")
-_HDFS_STALL = re.compile(r"(?:HDFS DataNode at|NameNode's WebHDFS at \w+://)([\w.\-\[\]:]+) did not "
-                         r"answer within")
+_HDFS_STALL = re.compile(r"(?:HDFS DataNode at|NameNode's WebHDFS at \w+://)([\w.\-\[\]:]+) "
+                         r"did not answer within")
 
 
 def note_stalls(text, seconds):

@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 # clean-up be missed.
 DEFAULT_TTL = 24 * 3600
 
-_HOSTPORT_RE = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.\-]+)):(?P<port>\d{1,5})$")
+_HOSTPORT_RE = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.\-]+))"
+                          r":(?P<port>\d{1,5})$")
 
 
 def _normalize_address(entry: str) -> str:
@@ -146,7 +147,7 @@ def _redis_client(address: str, password: str | None = None, timeout: float = DE
 
 
 def _loopback(address: str) -> bool:
-    """Whether a Redis address is a unix socket or a loopback address (one of scripts/services.sh)."""
+    """Whether a Redis address is a unix socket or a loopback one (as in scripts/services.sh)."""
     host = address.rsplit(":", 1)[0].strip("[]")
     return address.startswith("unix://") or host in ("localhost", "::1") or host.startswith("127.")
 
@@ -164,7 +165,8 @@ def _warn_once(what: str, error: BaseException) -> None:
 def _redis_errors():
     import redis
     return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-            redis.exceptions.AuthenticationError, redis.exceptions.AuthenticationWrongNumberOfArgsError,
+            redis.exceptions.AuthenticationError,
+            redis.exceptions.AuthenticationWrongNumberOfArgsError,
             redis.exceptions.NoPermissionError, OSError)
 
 
@@ -298,7 +300,7 @@ class RedisStore(ArrayStore):
 
     @staticmethod
     def _set_many(client, keys: list[bytes], values: list[memoryview], ttl: int | None) -> None:
-        """Pipelined SETs (with EX ttl if given) that send the values straight from the array memory."""
+        """Pipelined SETs (EX ttl if given), sending the values straight from the array memory."""
         parts: list = []
         expiry = b"" if not ttl else b"$2\r\nEX\r\n$%d\r\n%d\r\n" % (len(str(ttl)), ttl)
         for k, v in zip(keys, values):
@@ -316,7 +318,7 @@ class RedisStore(ArrayStore):
             for _ in keys:
                 try:
                     conn.read_response()
-                except Exception as e:  # noqa: BLE001 - collect server errors, keep reading
+                except Exception as e:  # collect server errors, keep reading; re-raise the rest
                     import redis
                     if not isinstance(e, redis.exceptions.ResponseError):
                         raise
@@ -420,7 +422,7 @@ class RedisStore(ArrayStore):
             pipe = client.pipeline(transaction=False)
             for k, s, e, _ in batch:
                 pipe.getrange(k, s, e - 1)
-            for (k, s, e, off), value in zip(batch, pipe.execute()):
+            for (_, s, e, off), value in zip(batch, pipe.execute()):
                 if len(value) != e - s:
                     return False
                 out[off:off + len(value)] = value

@@ -178,5 +178,5 @@ class Heartbeat:
             self._thread.join(timeout=5)
         try:
             self._beats.delete(self.config.run_id)
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - a heartbeat left behind goes stale; the next run removes it
             pass

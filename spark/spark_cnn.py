@@ -87,12 +87,13 @@ class SparkCNN(CNN):
 
     def _broadcast_data(self, images, labels=None):
         """The broadcast of (images, labels) for this image set: sent once, kept for the
-        run (the KEPT_DATA sets used last)."""
+        run (the KEPT_DATA sets used last). Lazy images (a Parquet source's) travel as
+        their small description: each task reads the rows it needs from the source."""
         for kept, broadcast in self._data:
             if kept is images:
                 return broadcast
-        broadcast = self.sc.broadcast((np.ascontiguousarray(images),
-                                       None if labels is None else np.asarray(labels)))
+        sent = np.ascontiguousarray(images) if isinstance(images, np.ndarray) else images
+        broadcast = self.sc.broadcast((sent, None if labels is None else np.asarray(labels)))
         self._data.append((images, broadcast))
         if len(self._data) > KEPT_DATA:
             self._data.pop(0)[1].unpersist()

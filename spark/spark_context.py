@@ -51,9 +51,14 @@ def spark_conf(app_name, debug=False):
 
 @contextlib.contextmanager
 def spark_context(app_name, debug=False):
-    """A SparkContext that is always stopped."""
+    """The SparkContext of a run: a new one, always stopped at the end; or, called
+    where one is running already (a Spark ML pipeline's fit), that one, left running."""
     from pyspark import SparkContext
 
+    running = SparkContext._active_spark_context
+    if running is not None:
+        yield running
+        return
     sc = SparkContext.getOrCreate(spark_conf(app_name, debug))
     try:
         yield sc

@@ -24,6 +24,7 @@ servers) and their failures become a one-line :class:`DataError`.
 """
 from __future__ import annotations
 
+import getpass
 import io
 import os
 import posixpath
@@ -37,7 +38,7 @@ __all__ = ["Files", "RangeFile", "locate"]
 
 def locate(text, options) -> tuple[Files, str]:
     """The files holding `text` (a local path, hdfs:// or webhdfs:// URL) and the path
-    in them. `options` is a DataOptions (its webhdfs, hdfs_user and timeout are used)."""
+    in them. `options` is a DataOptions (its webhdfs, hdfs_user (default: you) and timeout)."""
     text = os.fspath(text)
     if not text.startswith(("hdfs://", "webhdfs://")):
         return Files(), text
@@ -57,7 +58,9 @@ def locate(text, options) -> tuple[Files, str]:
         if not webhdfs.startswith(("http://", "https://")):
             raise DataError(f"bad WebHDFS address {webhdfs!r}: expected http://host:port")
     prefix = f"{parts.scheme}://{parts.netloc}"
-    return Files(webhdfs, options.hdfs_user or "", float(options.timeout), prefix), path
+    # the user is fixed here, not in each reader: Spark tasks may run as another OS user
+    user = options.hdfs_user or getpass.getuser()
+    return Files(webhdfs, user, float(options.timeout), prefix), path
 
 
 class Files:

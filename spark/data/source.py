@@ -79,9 +79,18 @@ def detect_format(path) -> str:
         return "cifar100"
     if any("idx3-ubyte" in e for e in entries):
         return "mnist"
-    if any(e.endswith(".parquet") for e in entries):
+    if any(e.endswith(".parquet") for e in entries) or any(
+            _holds_parquet(os.path.join(text, split)) for split in ("train", "test")):
         return "parquet"
     return "folder"
+
+
+def _holds_parquet(folder: str) -> bool:
+    """Whether `folder` is a folder with .parquet files in it (a split of a Parquet source)."""
+    try:
+        return any(name.endswith(".parquet") for name in os.listdir(folder))
+    except OSError:
+        return False
 
 
 def load_dataset(path, split="train", limit=None, options=None) -> Dataset:

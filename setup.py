@@ -62,7 +62,7 @@ if (_major, _minor) < (61, 0) or not os.path.exists("pyproject.toml"):
         python_requires=">=3.9",
         install_requires=["numpy", "psutil", "threadpoolctl"],
         extras_require={"spark": ["pyspark", "hdfs", "redis", "hiredis", "pyzmq"],
-                        "report": ["matplotlib"]},
+                        "report": ["matplotlib"], "onnx": ["onnx", "onnxruntime"]},
     )
 
 setup(

@@ -18,6 +18,22 @@ def default_stats(channels):
     return (0.5,) * channels, (0.25,) * channels
 
 
+def normalization(channels, dtype=np.float32, stats=None):
+    """The per-channel affine map of normalize_images -> (scale, offset), (C,) `dtype` each.
+
+    An image value v (0..255) becomes v * scale - offset, with scale =
+    1 / (255 * std) and offset = mean / std computed in `dtype`. stats:
+    (mean, std) as for normalize_images, None for default_stats(channels).
+    spark.export puts the same two vectors into its ONNX graph.
+    """
+    dtype = np.dtype(dtype)
+    mean, std = stats if stats is not None else default_stats(channels)
+    mean, std = np.asarray(mean, dtype), np.asarray(std, dtype)
+    scale = (1.0 / (255.0 * std)).astype(dtype)                    # (C,)
+    offset = (mean / std).astype(dtype)                            # (C,)
+    return scale, offset
+
+
 def normalize_images(images, dtype=np.float32, stats=None):
     """(N, H, W, C) uint8 -> (N, H, W, C) `dtype`, per-channel zero mean, unit std.
 
@@ -28,10 +44,7 @@ def normalize_images(images, dtype=np.float32, stats=None):
     """
     dtype = np.dtype(dtype)
     channels = images.shape[-1]
-    mean, std = stats if stats is not None else default_stats(channels)
-    mean, std = np.asarray(mean, dtype), np.asarray(std, dtype)
-    scale = (1.0 / (255.0 * std)).astype(dtype)                    # (C,)
-    offset = (mean / std).astype(dtype)                            # (C,)
+    scale, offset = normalization(channels, dtype, stats)          # (C,) each
     out = images.astype(dtype, order="C")                          # (N, H, W, C)
     # Scale rows of W*C values by the per-channel factors tiled W times: the
     # same operations on every element as broadcasting (C,), in long loops.

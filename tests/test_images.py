@@ -1,5 +1,5 @@
-"""Tests for spark.data.images (decoding one file, fitting to a size); every image
-is made here with Pillow."""
+"""Tests for spark.data.images (decoding one file, fitting to a size) and
+spark.data.preprocess.channel_stats; every image is made here with Pillow."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,6 +8,7 @@ from PIL import Image
 
 from spark.data.dataset import DataError
 from spark.data.images import decode_image, fit_image, fit_images, parse_image_size
+from spark.data.preprocess import channel_stats
 
 RNG = np.random.default_rng(7)
 
@@ -171,3 +172,37 @@ def test_parse_image_size():
         with pytest.raises(ValueError, match="image size"):
             parse_image_size(bad)
 
+
+# ----------------------------------------------------------------------------- statistics
+
+@pytest.mark.parametrize("channels,chunk", [(3, 7), (1, 1000), (3, 1)])
+def test_channel_stats_equals_numpy(channels, chunk):
+    images = RNG.integers(0, 256, (60, 9, 7, channels), dtype=np.uint8)
+    mean, std = channel_stats(images, chunk=chunk)
+    scaled = images.astype(np.float64) / 255
+    assert mean.shape == std.shape == (channels,)
+    np.testing.assert_allclose(mean, scaled.mean(axis=(0, 1, 2)), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(std, scaled.std(axis=(0, 1, 2)), rtol=0, atol=1e-12)
+
+
+def test_channel_stats_reads_any_sliceable_object_chunk_by_chunk():
+    images = RNG.integers(0, 256, (25, 4, 4, 3), dtype=np.uint8)
+
+    class Lazy:
+        shape = images.shape
+        reads = []
+
+        def __len__(self):
+            return len(images)
+
+        def __getitem__(self, index):
+            self.reads.append(index)
+            return images[index]
+
+    lazy = Lazy()
+    np.testing.assert_allclose(channel_stats(lazy, chunk=10), channel_stats(images), atol=1e-15)
+    assert lazy.reads == [slice(0, 10), slice(10, 20), slice(20, 30)]
+    with pytest.raises(ValueError, match="no images"):
+        channel_stats(images[:0])
+    with pytest.raises(ValueError, match="uint8"):
+        channel_stats(images.astype(np.float32))

@@ -59,3 +59,33 @@ def batch_input(images, index, rows, augment=None, dtype=np.float32):
         picked = augment_images(picked, augment["shift"][rows], augment["flip"][rows],
                                 augment["pad"])
     return normalize_images(picked, dtype)
+
+
+def channel_stats(images, chunk=1024):
+    """Per-channel mean and standard deviation of uint8 images, on the 0..1 scale.
+
+    images: (N, H, W, C) uint8, an array or anything with `len`, `.shape` and
+    slices `images[a:b]` that give uint8 arrays (read `chunk` images at a time,
+    so a set bigger than memory works). Each chunk is counted into a histogram
+    of the 256 values per channel (exact integers); the mean and the population
+    standard deviation (ddof 0, as np.std) are computed from the histograms in
+    float64, so the result does not depend on `chunk`. -> (mean (C,), std (C,)),
+    float64. ValueError for no images or a dtype other than uint8.
+    """
+    count = len(images)
+    if count == 0:
+        raise ValueError("channel_stats: no images")
+    channels = int(images.shape[-1])
+    histogram = np.zeros((channels, 256), dtype=np.int64)          # (C, 256)
+    for start in range(0, count, chunk):
+        block = np.asarray(images[start:start + chunk])            # (n, H, W, C)
+        if block.dtype != np.uint8:
+            raise ValueError(f"channel_stats: images must be uint8, got {block.dtype}")
+        pixels = block.reshape(-1, channels)                       # (n*H*W, C)
+        for c in range(channels):
+            histogram[c] += np.bincount(pixels[:, c], minlength=256)
+    values = np.arange(256, dtype=np.float64) / 255.0              # (256,)
+    total = histogram.sum(axis=1).astype(np.float64)               # (C,)
+    mean = histogram @ values / total                              # (C,)
+    var = (histogram * (values[None, :] - mean[:, None]) ** 2).sum(axis=1) / total
+    return mean, np.sqrt(var)

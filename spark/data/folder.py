@@ -44,13 +44,13 @@ image is resized to it (or center-cropped, `options.crop`) as it is decoded
 a split mixes them, the grayscale ones are made RGB (with a `note:`).
 
 Decoding runs on a thread pool, one thread per core: Pillow releases the GIL
-while it decodes and resizes. Measured with bench/data_load.py --executors on
-300 32x32 PNGs (2 busy cores): threads 3,100-3,700 images/s, processes 260-390
-(spawning the workers and importing NumPy and Pillow in them costs more than the
-decoding; fork is not safe beside Spark's threads), one thread 2,800-4,800; on
-300 256x256 JPEGs resized to 32x32: threads 1,470-1,750, processes 280-420, one
-thread 1,350-1,540. Threads are never much slower than one thread and gain as
-decoding grows heavier or cores are free.
+while it decodes and resizes. Measured as bench/data_load.py --executors does
+(medians of 5 runs, on 2 cores busy with other work): 300 32x32 PNGs, threads
+3,350 images/s, processes 290, one thread 2,350; 300 256x256 JPEGs resized to
+32x32, threads 1,220, processes 220, one thread 1,270. Processes lose by far:
+spawning them and importing NumPy and Pillow in each costs more than decoding
+hundreds of images (and fork is not safe beside Spark's threads). Threads cost
+next to nothing over one thread and gain when cores are free.
 
 Cache
 -----

@@ -375,7 +375,7 @@ def _note_skipped(tree: _Tree) -> None:
 def _load_arrays(split, items, labels, need, class_names, options) -> np.ndarray:
     """The images of the first `need` of the split's `items`: from the cache as far as it
     goes, the rest decoded (and then cached)."""
-    size = tuple(int(s) for s in options.image_size) if options.image_size else None
+    size = _size(options)
     cache_file = _cache_file(items, labels, class_names, split, options)
     cached = _read_cache(cache_file, labels, class_names) if cache_file else None
     if cached is not None and len(cached) >= need:
@@ -392,6 +392,14 @@ def _load_arrays(split, items, labels, need, class_names, options) -> np.ndarray
     if cache_file and need > start:
         _write_cache(cache_file, images, labels, class_names)
     return images
+
+
+def _size(options):
+    """options.image_size as (H, W) ints, or None."""
+    if options.image_size is None:
+        return None
+    height, width = (int(s) for s in options.image_size)
+    return height, width
 
 
 def _empty(size):
@@ -513,9 +521,10 @@ def _cache_file(items, labels, class_names, split, options):
     digest = hashlib.sha256()
     header = {
         "version": CACHE_VERSION, "split": split, "class_names": list(class_names),
-        "image_size": list(options.image_size) if options.image_size else None,
-        "crop": bool(options.crop) if options.image_size else False,
-        "test_fraction": options.test_fraction, "seed": int(options.seed),
+        "image_size": None if _size(options) is None else list(_size(options)),
+        "crop": bool(options.crop) if _size(options) is not None else False,
+        "test_fraction": None if options.test_fraction is None else float(options.test_fraction),
+        "seed": int(options.seed),
     }
     digest.update(json.dumps(header, sort_keys=True).encode())
     for (_, f), label in zip(items, labels.tolist()):

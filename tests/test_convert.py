@@ -131,3 +131,14 @@ def test_mnist_and_cifar100_coarse(tmp_path):
     _, labels, names, _ = read_back(tmp_path / "c.parquet")
     assert names == COARSE
     np.testing.assert_array_equal(labels, written["train"][2])
+
+
+def test_a_damaged_cifar10_source_is_one_line(tmp_path):
+    from spark.data.synthetic import make_synthetic_cifar10
+
+    make_synthetic_cifar10(tmp_path / "c10", train=20, test=10, batches=1)
+    (tmp_path / "c10" / "test_batch").write_bytes(b"garbage")
+    result = run(tmp_path / "c10", tmp_path / "x.parquet", "--split", "test")
+    assert result.returncode == 1
+    assert result.stderr == (f"error: {tmp_path / 'c10' / 'test_batch'}: not a valid CIFAR-10 "
+                             "pickle (UnpicklingError: pickle data was truncated)\n")

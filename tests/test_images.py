@@ -178,11 +178,18 @@ def test_parse_image_size():
 @pytest.mark.parametrize("channels,chunk", [(3, 7), (1, 1000), (3, 1)])
 def test_channel_stats_equals_numpy(channels, chunk):
     images = RNG.integers(0, 256, (60, 9, 7, channels), dtype=np.uint8)
-    mean, std = channel_stats(images, chunk=chunk)
+    mean, std = (np.asarray(v) for v in channel_stats(images, chunk=chunk))
     scaled = images.astype(np.float64) / 255
     assert mean.shape == std.shape == (channels,)
     np.testing.assert_allclose(mean, scaled.mean(axis=(0, 1, 2)), rtol=0, atol=1e-12)
     np.testing.assert_allclose(std, scaled.std(axis=(0, 1, 2)), rtol=0, atol=1e-12)
+
+
+def test_channel_stats_of_a_constant_channel_leaves_its_scale():
+    images = RNG.integers(0, 256, (10, 4, 4, 3), dtype=np.uint8)
+    images[..., 1] = 51
+    mean, std = channel_stats(images)
+    assert mean[1] == pytest.approx(0.2, abs=1e-15) and std[1] == 1.0
 
 
 def test_channel_stats_reads_any_sliceable_object_chunk_by_chunk():
@@ -202,6 +209,12 @@ def test_channel_stats_reads_any_sliceable_object_chunk_by_chunk():
     lazy = Lazy()
     np.testing.assert_allclose(channel_stats(lazy, chunk=10), channel_stats(images), atol=1e-15)
     assert lazy.reads == [slice(0, 10), slice(10, 20), slice(20, 30)]
+
+    class Pieces:
+        def chunks(self):
+            yield from (images[:3], images[3:])
+
+    np.testing.assert_allclose(channel_stats(Pieces()), channel_stats(images), atol=1e-15)
     with pytest.raises(ValueError, match="no images"):
         channel_stats(images[:0])
     with pytest.raises(ValueError, match="uint8"):

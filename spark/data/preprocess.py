@@ -61,31 +61,37 @@ def batch_input(images, index, rows, augment=None, dtype=np.float32):
     return normalize_images(picked, dtype)
 
 
-def channel_stats(images, chunk=1024):
-    """Per-channel mean and standard deviation of uint8 images, on the 0..1 scale.
+def channel_stats(images, chunk=4096):
+    """Per-channel (mean, std) of uint8 images on the 0..1 scale, as tuples of C floats.
 
-    images: (N, H, W, C) uint8, an array or anything with `len`, `.shape` and
-    slices `images[a:b]` that give uint8 arrays (read `chunk` images at a time,
-    so a set bigger than memory works). Each chunk is counted into a histogram
-    of the 256 values per channel (exact integers); the mean and the population
+    images: (N, H, W, C) uint8, an array or an array-like source read `chunk`
+    images at a time (`len`, `.shape`, slices `images[a:b]`); one that has
+    `chunks()` (spark.data.parquet's lazy images) is read piece by piece
+    without keeping what it read. Each piece is counted into a histogram of
+    the 256 values per channel (exact integers); the mean and the population
     standard deviation (ddof 0, as np.std) are computed from the histograms in
-    float64, so the result does not depend on `chunk`. -> (mean (C,), std (C,)),
-    float64. ValueError for no images or a dtype other than uint8.
+    float64, so the result does not depend on how the images are cut. A
+    constant channel gets std 1.0 (its scale left alone). ValueError for no
+    images or a dtype other than uint8.
     """
-    count = len(images)
-    if count == 0:
-        raise ValueError("channel_stats: no images")
-    channels = int(images.shape[-1])
-    histogram = np.zeros((channels, 256), dtype=np.int64)          # (C, 256)
-    for start in range(0, count, chunk):
-        block = np.asarray(images[start:start + chunk])            # (n, H, W, C)
-        if block.dtype != np.uint8:
-            raise ValueError(f"channel_stats: images must be uint8, got {block.dtype}")
-        pixels = block.reshape(-1, channels)                       # (n*H*W, C)
-        for c in range(channels):
+    pieces = images.chunks() if hasattr(images, "chunks") else (
+        images[start:start + chunk] for start in range(0, len(images), chunk))
+    histogram = None                                               # (C, 256)
+    for piece in pieces:
+        piece = np.asarray(piece)                                  # (n, H, W, C)
+        if piece.dtype != np.uint8:
+            raise ValueError(f"channel_stats: images must be uint8, got {piece.dtype}")
+        pixels = piece.reshape(-1, piece.shape[-1])                # (n*H*W, C)
+        if histogram is None:
+            histogram = np.zeros((pixels.shape[1], 256), dtype=np.int64)
+        for c in range(pixels.shape[1]):
             histogram[c] += np.bincount(pixels[:, c], minlength=256)
+    if histogram is None or not histogram.sum():
+        raise ValueError("no images to compute channel statistics from")
     values = np.arange(256, dtype=np.float64) / 255.0              # (256,)
     total = histogram.sum(axis=1).astype(np.float64)               # (C,)
     mean = histogram @ values / total                              # (C,)
     var = (histogram * (values[None, :] - mean[:, None]) ** 2).sum(axis=1) / total
-    return mean, np.sqrt(var)
+    std = np.sqrt(var)
+    std = np.where(std > 0, std, 1.0)          # a constant channel: leave its scale alone
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)

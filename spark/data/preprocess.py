@@ -86,27 +86,36 @@ def batch_input(images, index, rows, augment=None, dtype=np.float32, stats=None)
 
 
 def channel_stats(images, chunk=4096):
-    """Per-channel (mean, std) of uint8 images on the 0..1 scale, as tuples of floats.
+    """Per-channel (mean, std) of uint8 images on the 0..1 scale, as tuples of C floats.
 
-    images: (N, H, W, C) uint8, an array or an array-like source; one that has
+    images: (N, H, W, C) uint8, an array or an array-like source read `chunk`
+    images at a time (`len`, `.shape`, slices `images[a:b]`); one that has
     `chunks()` (spark.data.parquet's lazy images) is read piece by piece
-    without keeping what it read. Summed in float64, chunk by chunk.
+    without keeping what it read. Each piece is counted into a histogram of
+    the 256 values per channel (exact integers); the mean and the population
+    standard deviation (ddof 0, as np.std) are computed from the histograms in
+    float64, so the result does not depend on how the images are cut. A
+    constant channel gets std 1.0 (its scale left alone). ValueError for no
+    images or a dtype other than uint8.
     """
     pieces = images.chunks() if hasattr(images, "chunks") else (
         images[start:start + chunk] for start in range(0, len(images), chunk))
-    total = total_sq = None
-    count = 0
+    histogram = None                                               # (C, 256)
     for piece in pieces:
-        values = np.asarray(piece, np.float64).reshape(-1, piece.shape[-1]) / 255.0  # (n, C)
-        if total is None:
-            total, total_sq = values.sum(axis=0), (values * values).sum(axis=0)
-        else:
-            total += values.sum(axis=0)
-            total_sq += (values * values).sum(axis=0)
-        count += len(values)
-    if not count:
+        piece = np.asarray(piece)                                  # (n, H, W, C)
+        if piece.dtype != np.uint8:
+            raise ValueError(f"channel_stats: images must be uint8, got {piece.dtype}")
+        pixels = piece.reshape(-1, piece.shape[-1])                # (n*H*W, C)
+        if histogram is None:
+            histogram = np.zeros((pixels.shape[1], 256), dtype=np.int64)
+        for c in range(pixels.shape[1]):
+            histogram[c] += np.bincount(pixels[:, c], minlength=256)
+    if histogram is None or not histogram.sum():
         raise ValueError("no images to compute channel statistics from")
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
+    values = np.arange(256, dtype=np.float64) / 255.0              # (256,)
+    total = histogram.sum(axis=1).astype(np.float64)               # (C,)
+    mean = histogram @ values / total                              # (C,)
+    var = (histogram * (values[None, :] - mean[:, None]) ** 2).sum(axis=1) / total
+    std = np.sqrt(var)
     std = np.where(std > 0, std, 1.0)          # a constant channel: leave its scale alone
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)

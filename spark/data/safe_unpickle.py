@@ -1,5 +1,6 @@
-"""The restricted unpickler of spark.data.cifar10: a CIFAR-10 python-version batch
-(a protocol-2 pickle of a dict holding numpy arrays and lists) read without trusting it.
+"""The restricted unpickler of spark.data.cifar10 and spark.data.cifar100: a CIFAR-10 or
+CIFAR-100 python-version file (a protocol-2 pickle of a dict holding numpy arrays and
+lists) read without trusting it. CIFAR-100's files use the same few names as CIFAR-10's.
 
 The pickle is never given to ``pickle.load``: the unpickler resolves only the few
 names a numpy array pickle uses (``numpy.core.multiarray._reconstruct`` or its
@@ -144,8 +145,9 @@ def unwrap(value: object) -> object:
     return value
 
 
-def unpickle_dict(fileobj: BinaryIO, where: str) -> dict:
-    """Unpickle a dict safely; str or bytes keys both come back as str."""
+def unpickle_dict(fileobj: BinaryIO, where: str, kind: str = "CIFAR-10") -> dict:
+    """Unpickle a dict safely; str or bytes keys both come back as str. `kind` names the
+    data set in the error for a file that is no pickle."""
     try:
         obj = _RestrictedUnpickler(fileobj, encoding="bytes").load()
     except Refused as exc:
@@ -154,7 +156,7 @@ def unpickle_dict(fileobj: BinaryIO, where: str) -> dict:
         raise
     except Exception as exc:  # noqa: BLE001 - truncated or garbage file: pickle raises many kinds
         raise ValueError(
-            f"{where}: not a valid CIFAR-10 pickle ({type(exc).__name__}: {exc})"
+            f"{where}: not a valid {kind} pickle ({type(exc).__name__}: {exc})"
         ) from None
     if not isinstance(obj, dict):
         raise ValueError(f"{where}: expected a pickled dict, got {type(obj).__name__}")

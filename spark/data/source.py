@@ -106,7 +106,9 @@ def load_dataset(path, split="train", limit=None, options=None) -> Dataset:
         from .cifar10 import load_cifar10
         try:
             data = load_cifar10(path, split, limit)
-        except FileNotFoundError as e:
+        except DataError:
+            raise
+        except (FileNotFoundError, ValueError) as e:  # cifar10.py's own: missing, malformed
             raise DataError(str(e).splitlines()[0]) from None
         return _sized(data, options, path)
     if fmt == "cifar100":

@@ -30,6 +30,7 @@ class Dataset:
     images: object
     labels: np.ndarray
     class_names: list[str]
+    ids: list | None = None          # each image's name in its source (a file), if it has one
 
     def __post_init__(self) -> None:
         if len(self.images) != len(self.labels):

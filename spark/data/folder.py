@@ -154,7 +154,8 @@ def load_folder(path, split: str = "train", limit=None, options=None) -> Dataset
             f"limit={want} but the {split} split of {root} has only {len(items)} images")
     need = len(items) if want is None else want
     images = _load_arrays(split, items, labels, need, class_names, options)
-    return Dataset(images, labels[:need].copy(), list(class_names))
+    return Dataset(images, labels[:need].copy(), list(class_names),
+                   ids=[os.path.relpath(path, root) for path, _ in items[:need]])
 
 
 # ----------------------------------------------------------------------------- arguments

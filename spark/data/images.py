@@ -32,6 +32,7 @@ Failures are DataError, one line naming the file (or `where`).
 from __future__ import annotations
 
 import errno
+import io
 import re
 import warnings
 
@@ -68,9 +69,18 @@ def decode_image(path, shrink_to=None) -> np.ndarray:
         The file is missing, unreadable, not an image, truncated or corrupt, or
         of a mode with no sensible 8-bit form; one line naming `path`.
     """
-    where = str(path)
+    return _decode(path, str(path), shrink_to)
+
+
+def decode_image_bytes(data, where="image") -> np.ndarray:
+    """decode_image for an encoded image held in memory (bytes of a PNG, JPEG, ...);
+    `where` names it in errors."""
+    return _decode(io.BytesIO(bytes(data)), where, None)
+
+
+def _decode(source, where, shrink_to):
     try:
-        with open(path, "rb") as f:
+        with (open(source, "rb") if not hasattr(source, "read") else source) as f:
             with warnings.catch_warnings():
                 # a corrupt EXIF block or an oversized image warns; the checks below decide
                 warnings.simplefilter("ignore")
@@ -102,6 +112,7 @@ def decode_image(path, shrink_to=None) -> np.ndarray:
 
 def _unreadable(where: str, error: BaseException) -> DataError:
     text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    text = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", text)   # bytes held in memory
     return DataError(f"{where}: not a readable image, corrupt or truncated ({text[:200]})")
 
 

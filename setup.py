@@ -61,7 +61,7 @@ if (_major, _minor) < (61, 0) or not os.path.exists("pyproject.toml"):
         name="spark-cnn",
         python_requires=">=3.9",
         install_requires=["numpy", "psutil", "threadpoolctl", "pillow", "pyarrow"],
-        extras_require={"spark": ["pyspark", "hdfs", "redis", "hiredis", "pyzmq"],
+        extras_require={"spark": ["pyspark", "hdfs", "redis", "hiredis", "pyzmq", "pandas"],
                         "report": ["matplotlib"], "onnx": ["onnx", "onnxruntime"]},
     )
 

@@ -189,6 +189,21 @@ def resolve_config(args, script, saved, path, err):
     return run
 
 
+def resolve_config_for(run, saved, path, err=sys.stderr):
+    """A RunConfig whose every setting was given (the Spark ML estimator's), against a
+    checkpoint's `saved` settings: a "fixed" one that differs is refused (MLError-like
+    ValueError), an "adjustable" one replaces the saved one with a note."""
+    given = {f.name: getattr(run, f.name) for f in run_config.fields()}
+    try:
+        resolved, notes = run_config.resolve(given, saved, path)
+    except run_config.ResumeConflict as e:
+        raise ValueError(str(e).replace("leave it out to resume that run, or start afresh "
+                                        "without --resume", "use another checkpointDir")) from None
+    for note in notes:
+        print(note, file=err)
+    return resolved
+
+
 def check_params_dir(settings):
     """The parameters folder must take a file: found out before the first iteration."""
     folder = settings.params_dir
@@ -243,25 +258,38 @@ def train(script, args, out=sys.stdout, err=sys.stderr):
     except MetricsError as e:
         raise UsageError(f"--metrics: {e}") from None
     with metrics:
-        check_params_dir(settings)
-        with checkpoint_lock(path, err):
-            for leftover in remove_stale_temporaries(settings.params_dir):
-                print(f"note: removed {leftover}, an unfinished save of a run that was killed",
-                      file=err)
-            run = run.replace(schedule_length=run.schedule_length or total)
-            if run.schedule != "constant" and total > run.schedule_length:
-                print(f"note: the {run.schedule} schedule ends at iteration "
-                      f"{run.schedule_length}; iterations after it keep its last rate "
-                      "(--schedule-length stretches it)", file=err)
-            if saved is not None:                  # what --resume may change
-                options = {key: getattr(run, key) for key in (
-                    "lr", "momentum", "reg", "label_smoothing", "nesterov", "exchange_dtype")}
-            else:
-                options = network_for(run, data)
-            with open_trainer(run.exchange, run.batches, script, settings, args.debug,
-                              checkpoint=path if saved is not None else None, **options) as net:
-                wall = float(net.run_info.get("wall_s", 0.0)) if saved is not None else 0.0
-                _train_loop(net, data, test, run, total, path, metrics, wall, out)
+        fit_network(script, run, data, test, total, path, saved, settings, metrics, args.debug,
+                    out, err)
+
+
+def fit_network(script, run, data, test, total, path, saved, settings, metrics, debug=False,
+                out=sys.stdout, err=sys.stderr):
+    """Train `run` (a RunConfig) on `data` until `path` has `total` iterations -> the network.
+
+    saved: the checkpoint's network to resume (None: a fresh run, fitted to
+    the data); test: the --eval-every images or None. The entry scripts and
+    the Spark ML estimator (spark.ml) both train through here.
+    """
+    check_params_dir(settings)
+    with checkpoint_lock(path, err):
+        for leftover in remove_stale_temporaries(settings.params_dir):
+            print(f"note: removed {leftover}, an unfinished save of a run that was killed",
+                  file=err)
+        run = run.replace(schedule_length=run.schedule_length or total)
+        if run.schedule != "constant" and total > run.schedule_length:
+            print(f"note: the {run.schedule} schedule ends at iteration "
+                  f"{run.schedule_length}; iterations after it keep its last rate "
+                  "(--schedule-length stretches it)", file=err)
+        if saved is not None:                  # what --resume may change
+            options = {key: getattr(run, key) for key in (
+                "lr", "momentum", "reg", "label_smoothing", "nesterov", "exchange_dtype")}
+        else:
+            options = network_for(run, data)
+        with open_trainer(run.exchange, run.batches, script, settings, debug,
+                          checkpoint=path if saved is not None else None, **options) as net:
+            wall = float(net.run_info.get("wall_s", 0.0)) if saved is not None else 0.0
+            _train_loop(net, data, test, run, total, path, metrics, wall, out)
+    return net
 
 
 def segment_end(iteration, total, run, segmented):

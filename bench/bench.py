@@ -91,10 +91,28 @@ def memory(args):
 
 
 def predict(args):
+    """Local prediction (CNN.predict_scores), and with --spark, predict.py on Spark
+    (args.master) over the same training images, side by side."""
     images, _ = load_data(args)
     rate, threads = local_predict_rate(images, args.iterations)
     print(f"local prediction, {len(images)} images, {threads} threads: {rate:.0f} images/s "
-          f"(median of {args.iterations})")
+          f"(median of {args.iterations})", flush=True)
+    if not args.spark:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        run_script("naive_train.py", [1000, 1, "--params-dir", tmp], args, distributed=False)
+        rates = []
+        for attempt in range(args.iterations):
+            out = os.path.join(tmp, f"predictions-{attempt}")
+            result = run_script("predict.py", [os.path.join(tmp, "naive.npz"), out, "--split",
+                                               "train", "--limit", len(images)], args,
+                                distributed=True)
+            line = result.stdout.strip().splitlines()[-1]
+            rates.append(float(line.rsplit("(", 1)[1].split()[0]))
+    spark_rate = statistics.median(rates)
+    print(f"predict.py on {args.master}, {len(images)} images to Parquet: {spark_rate:.0f} "
+          f"images/s (median of {len(rates)}: the broadcast, the Spark job and the writing "
+          f"counted; Spark's start not) = {spark_rate / rate:.2f}x the local rate")
 
 
 def torch_network(torch, channels, height, width, classes):
@@ -537,6 +555,8 @@ def main(argv=None):
                         help="compare, figures: Spark --exchange modes to measure ('' for none; "
                              "compare: default hdfs,redis,spark,none,allreduce, figures: "
                              "hdfs,redis,spark,none)")
+    parser.add_argument("--spark", action="store_true",
+                        help="predict: also predict.py on Spark (--master), side by side")
     parser.add_argument("--minibatch", type=int, metavar="M",
                         help="compare: minibatches of M images (default: full batch); "
                              "torch-recipe: default 128")

@@ -157,3 +157,30 @@ def test_a_test_class_the_training_set_lacks_is_refused(tmp_path):
     assert not (tmp_path / "p" / "naive.npz").exists()
 
 
+
+
+def test_each_source_loads_the_same_arrays_as_its_cifar10_layout(synthetic_dir, tmp_path):
+    """The same 200 images as CIFAR-10 pickles, as a PNG folder tree and as Parquet
+    (python3 -m spark.data.convert): the same pixels, labels and class names."""
+    from spark.data.cifar10 import load_cifar10
+    from spark.data.convert import main as convert
+    from spark.data.source import DataOptions, load_dataset
+    cifar = load_cifar10(synthetic_dir, "train", limit=200)
+    root = tmp_path / "png"
+    for i, (image, label) in enumerate(zip(cifar.images, cifar.labels)):
+        folder = root / "train" / cifar.class_names[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{i:04d}.png")
+    options = DataOptions(cache_dir="")
+    folder = load_dataset(root, "train", options=options)
+    assert folder.class_names == sorted(cifar.class_names)
+    by_file = {int(name.split("/")[-1][:4]): k for k, name in enumerate(folder.ids)}
+    for i in range(200):                    # the folder's order is its own: match by file
+        k = by_file[i]
+        assert np.array_equal(folder.images[k], cifar.images[i])
+        assert folder.class_names[folder.labels[k]] == cifar.class_names[cifar.labels[i]]
+    assert convert([str(synthetic_dir), str(tmp_path / "cifar.parquet"), "--split", "train"]) == 0
+    parquet = load_dataset(tmp_path / "cifar.parquet", "train", 200, options)
+    assert np.array_equal(parquet.images[np.arange(200)], cifar.images)
+    assert np.array_equal(parquet.labels, cifar.labels)
+    assert parquet.class_names == cifar.class_names

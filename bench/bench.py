@@ -571,27 +571,27 @@ def main(argv=None):
                           help="one allreduce run per value (default 1)")
     trainers.add_argument("--keep", metavar="DIR",
                           help="write each run's evaluation records to DIR/<trainer>.jsonl")
-    recipe = parser.add_argument_group("torch-recipe (--images: training images, default all)")
-    recipe.add_argument("--epochs", type=float, default=1.0,
+    torch_group = parser.add_argument_group("torch-recipe (--images: training images, default all)")
+    torch_group.add_argument("--epochs", type=float, default=1.0,
                         help="passes over the images (the iteration count is rounded up)")
-    recipe.add_argument("--lr", type=float, default=0.02, help="base learning rate")
-    recipe.add_argument("--momentum", type=float, default=0.9)
-    recipe.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
-    recipe.add_argument("--reg", type=float, default=1e-4, help="L2 strength (weights only)")
-    recipe.add_argument("--schedule", choices=("constant", "cosine", "step"), default="cosine")
-    recipe.add_argument("--warmup", type=int, default=391, metavar="K",
+    torch_group.add_argument("--lr", type=float, default=0.02, help="base learning rate")
+    torch_group.add_argument("--momentum", type=float, default=0.9)
+    torch_group.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
+    torch_group.add_argument("--reg", type=float, default=1e-4, help="L2 strength (weights only)")
+    torch_group.add_argument("--schedule", choices=("constant", "cosine", "step"), default="cosine")
+    torch_group.add_argument("--warmup", type=int, default=391, metavar="K",
                         help="iterations of linear warm-up")
-    recipe.add_argument("--label-smoothing", type=float, default=0.1, metavar="E")
-    recipe.add_argument("--augment-pad", type=int, default=2, metavar="P",
+    torch_group.add_argument("--label-smoothing", type=float, default=0.1, metavar="E")
+    torch_group.add_argument("--augment-pad", type=int, default=2, metavar="P",
                         help="crops of the image padded by P zeros (and flips)")
-    recipe.add_argument("--seed", type=int, default=0,
+    torch_group.add_argument("--seed", type=int, default=0,
                         help="shuffle, crops, flips and (--init project) weights")
-    recipe.add_argument("--init", choices=("project", "torch"), default="project",
+    torch_group.add_argument("--init", choices=("project", "torch"), default="project",
                         help="start from the local trainer's weights for --seed, or PyTorch's")
-    recipe.add_argument("--threads", type=int, help="default: the cores this process may use")
-    recipe.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+    torch_group.add_argument("--threads", type=int, help="default: the cores this process may use")
+    torch_group.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                         help="NHWC memory format (default; faster here at minibatch 128)")
-    recipe.add_argument("--metrics", metavar="FILE.jsonl",
+    torch_group.add_argument("--metrics", metavar="FILE.jsonl",
                         help="one JSON line per iteration, as the trainers' --metrics")
     args = parser.parse_args(argv)
     if args.modes is None:

@@ -77,23 +77,35 @@ def test_fit_and_transform_in_a_pipeline_for_each_kind_of_column(source, spark, 
 
 def test_fit_equals_the_script_trainer_and_the_evaluator_the_test_script(spark, synthetic_dir,
                                                                          tmp_path):
+    """The same images, seed and settings as naive_train.py: the same parameters (1e-5);
+    the evaluator's accuracy on the model's output = the test script's on its checkpoint."""
+    from pyspark.ml import Pipeline
     from pyspark.ml.evaluation import MulticlassClassificationEvaluator
-    result = run_script("naive_train.py", 200, 3, "--minibatch", 50, "--seed", 2, "--lr", 0.02,
+    from pyspark.ml.feature import StringIndexer
+    result = run_script("naive_train.py", 200, 3, "--minibatch", 50, "--seed", 2, "--lr", 0.01,
                         "--data-dir", synthetic_dir, "--params-dir", tmp_path / "script")
     assert result.returncode == 0, result.stderr
     script = CNN.load(tmp_path / "script" / "naive.npz")
     train = load_cifar10(synthetic_dir, "train", limit=200)
+
+    def named(data):                          # class names as strings, indexed alphabetically
+        rows = [(image.astype(int).ravel().tolist(), data.class_names[label])
+                for image, label in zip(data.images, data.labels)]
+        return spark.createDataFrame(rows, ["pixels", "class"])
+
+    indexer = StringIndexer(inputCol="class", outputCol="label", stringOrderType="alphabetAsc")
     for exchange in ("none", "allreduce"):
-        model = CNNClassifier(featuresCol="pixels", imageShape="32x32x3", iterations=3,
-                              minibatch=50, seed=2, lr=0.02, exchange=exchange).fit(
-            array_frame(spark, train.images, train.labels))
+        cnn = CNNClassifier(featuresCol="pixels", imageShape="32x32x3", iterations=3,
+                            minibatch=50, seed=2, lr=0.01, exchange=exchange)
+        model = Pipeline(stages=[indexer, cnn]).fit(named(train))
+        network = model.stages[-1].network
+        assert network.class_names == script.class_names
         for name, value in script.params().items():
-            got = model.network.params()[name]
+            got = network.params()[name]
             assert np.max(np.abs(got - value)) <= 1e-5 * np.max(np.abs(value)), (exchange, name)
-    # the evaluator on the model's DataFrame = the test script on its checkpoint
-    model.saveCheckpoint(tmp_path / "script" / "naive.npz")
+    model.stages[-1].saveCheckpoint(tmp_path / "script" / "naive.npz")
     test = load_cifar10(synthetic_dir, "test", limit=120)
-    scored = model.transform(array_frame(spark, test.images, test.labels))
+    scored = model.transform(named(test))
     accuracy = MulticlassClassificationEvaluator(metricName="accuracy").evaluate(scored)
     result = run_script("naive_test.py", 120, "--data-dir", synthetic_dir, "--params-dir",
                         tmp_path / "script")

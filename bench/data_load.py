@@ -1,8 +1,8 @@
 """How fast an image folder loads: decoding, then from the cache, against CIFAR-10's pickles.
 
-    python3 bench/data_load.py --make DIR [--images 50000] [--cifar10 PATH]
-        writes the first N training images of the real CIFAR-10 (read with
-        spark.data.cifar10) as 32x32 PNGs, DIR/train/<class>/<index>.png;
+    python3 bench/data_load.py --make DIR [--images 50000] [--test-images 10000] [--cifar10 PATH]
+        writes the first N training and test images of the real CIFAR-10 (read
+        with spark.data.cifar10) as 32x32 PNGs, DIR/{train,test}/<class>/<index>.png;
     python3 bench/data_load.py DIR [--cifar10 PATH] [--executors]
         loads DIR's training split twice with a fresh, empty cache folder and
         prints the images/s of the first load (decoding) and of the second (from
@@ -10,7 +10,7 @@
         --executors also times decoding the same files on threads, on processes
         and on the calling thread alone (what spark/data/folder.py chose from).
 
-PATH defaults to /work/shared/data/cifar-10-batches-py, or $SPARK_CNN_CIFAR10.
+PATH defaults to $SPARK_CNN_DATA_DIR, else data/cifar-10-batches-py.
 """
 import argparse
 import concurrent.futures
@@ -29,25 +29,29 @@ from spark.data import folder  # noqa: E402 - after the path set-up above
 from spark.data.cifar10 import load_cifar10  # noqa: E402
 from spark.data.source import DataOptions, load_dataset  # noqa: E402
 
-CIFAR10 = os.environ.get("SPARK_CNN_CIFAR10", "/work/shared/data/cifar-10-batches-py")
+CIFAR10 = os.environ.get("SPARK_CNN_DATA_DIR", os.path.join(ROOT, "data", "cifar-10-batches-py"))
 
 
-def make(out, count, cifar10):
-    """Write `count` CIFAR-10 training images as PNGs under out/train/<class>/."""
+def make(out, counts, cifar10):
+    """Write the first counts[split] CIFAR-10 images of each split as PNGs under
+    out/<split>/<class>/."""
     from PIL import Image
-    data = load_cifar10(cifar10, "train", count)
-    for name in data.class_names:
-        os.makedirs(os.path.join(out, "train", name), exist_ok=True)
+    for split, count in counts.items():
+        if not count:
+            continue
+        data = load_cifar10(cifar10, split, count)
+        for name in data.class_names:
+            os.makedirs(os.path.join(out, split, name), exist_ok=True)
 
-    def write(i):
-        name = data.class_names[int(data.labels[i])]
-        Image.fromarray(data.images[i]).save(os.path.join(out, "train", name, f"{i:05d}.png"))
+        def write(i, data=data, split=split):
+            name = data.class_names[int(data.labels[i])]
+            Image.fromarray(data.images[i]).save(os.path.join(out, split, name, f"{i:05d}.png"))
 
-    start = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        list(pool.map(write, range(len(data))))
-    print(f"wrote {len(data)} PNGs of {cifar10} to {os.path.join(out, 'train')} "
-          f"in {time.perf_counter() - start:.1f} s")
+        start = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            list(pool.map(write, range(len(data))))
+        print(f"wrote {len(data)} PNGs of {cifar10} to {os.path.join(out, split)} "
+              f"in {time.perf_counter() - start:.1f} s")
 
 
 def rate(count, seconds):
@@ -92,13 +96,16 @@ def main(argv=None):
     parser.add_argument("--make", action="store_true",
                         help="write DIR from CIFAR-10 instead of loading it")
     parser.add_argument("--images", type=int, default=50000,
-                        help="--make: how many images (default 50000)")
-    parser.add_argument("--cifar10", default=CIFAR10, help=f"CIFAR-10 (default {CIFAR10})")
+                        help="--make: how many training images (default 50000)")
+    parser.add_argument("--test-images", dest="test_images", type=int, default=10000,
+                        help="--make: how many test images (default 10000)")
+    parser.add_argument("--cifar10", default=CIFAR10,
+                        help="CIFAR-10 (default $SPARK_CNN_DATA_DIR or data/cifar-10-batches-py)")
     parser.add_argument("--executors", action="store_true",
                         help="also time decoding on threads, processes and one thread")
     args = parser.parse_args(argv)
     if args.make:
-        make(args.dir, args.images, args.cifar10)
+        make(args.dir, {"train": args.images, "test": args.test_images}, args.cifar10)
     else:
         load(args.dir, args.cifar10, args.executors)
     return 0

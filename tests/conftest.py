@@ -28,18 +28,22 @@ if ROOT not in sys.path:
 pytest.register_assert_rewrite("pngs")
 
 # The tiers, pytest markers declared in pyproject.toml: every test is in one.
-TIERS = ("quick", "packaging", "services", "cluster")
+TIERS = ("quick", "spark", "packaging", "services", "cluster")
 # Fixtures that reach the servers of scripts/services.sh: a test using one of
 # them (directly or through another fixture) is in the "services" tier.
 SERVICE_FIXTURES = {"service_env", "redis_addresses", "hdfs_settings"}
 # Fixtures that build the project (the egg spark-submit ships): a test using one
 # and no server is in the "packaging" tier.
 PACKAGING_FIXTURES = {"egg"}
+# Fixtures that start Spark on a local master in the test process (the modules' own
+# `sc` / `spark`): with no server fixture, such a test is in the "spark" tier.
+SPARK_FIXTURES = {"sc", "spark"}
 
 
 def pytest_collection_modifyitems(config, items):
     """Put every test in one tier: cluster (marked by hand), services (a server
-    fixture), packaging (marked by hand, or the egg fixture), or quick."""
+    fixture), packaging (marked by hand, or the egg fixture), spark (Spark on a
+    local master, in this process), or quick."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         if item.get_closest_marker("cluster"):
@@ -50,6 +54,8 @@ def pytest_collection_modifyitems(config, items):
             pass
         elif PACKAGING_FIXTURES & fixtures:
             item.add_marker(pytest.mark.packaging)
+        elif SPARK_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.spark)
         else:
             item.add_marker(pytest.mark.quick)
         tiers = sorted({mark.name for mark in item.iter_markers() if mark.name in TIERS})

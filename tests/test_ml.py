@@ -177,3 +177,36 @@ def test_bad_input_is_one_line(spark, synthetic_train, tmp_path):
     CNNClassifier().write().save(str(tmp_path / "estimator"))
     with pytest.raises(MLError, match="is not a spark-cnn model"):
         CNNModel.load(str(tmp_path / "estimator"))
+
+
+def test_the_prediction_script_writes_a_table_of_every_image(spark, tmp_path):
+    """predict.py's table: every image of the source once, named by its file, with the
+    network's own predictions, class names and probabilities."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from spark.data.source import DataOptions, load_dataset
+    from spark.predict import main, parser
+    png_folder(tmp_path / "png" / "train", per_class=6)
+    png_folder(tmp_path / "png" / "test", per_class=3)
+    result = run_script("naive_train.py", 18, 2, "--data-dir", tmp_path / "png", "--params-dir",
+                        tmp_path / "params")
+    assert result.returncode == 0, result.stderr
+    out = io.StringIO()
+    main(parser().parse_args([str(tmp_path / "params" / "naive.npz"), str(tmp_path / "table"),
+                              "--data-dir", str(tmp_path / "png"), "--partitions", "3"]), out)
+    assert out.getvalue().startswith("wrote the predictions of 9 images of ")
+    table = pq.read_table(tmp_path / "table").to_pandas().sort_values("row")
+    data = load_dataset(tmp_path / "png", "test", options=DataOptions(cache_dir=""))
+    net = CNN.load(tmp_path / "params" / "naive.npz")
+    scores = net.predict_scores(data.images)
+    assert list(table["row"]) == list(range(9)) and list(table["id"]) == data.ids
+    assert list(table["label"]) == list(data.labels)
+    assert list(table["prediction"]) == list(scores.argmax(axis=1))
+    assert list(table["class_name"]) == [net.class_names[k] for k in scores.argmax(axis=1)]
+    for probabilities in table["probabilities"]:
+        assert len(probabilities) == 3 and abs(sum(probabilities) - 1) < 1e-5
+    with pytest.raises(Exception, match="exists already"):
+        main(parser().parse_args([str(tmp_path / "params" / "naive.npz"),
+                                  str(tmp_path / "table"), "--data-dir", str(tmp_path / "png")]))

@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 
+import psutil
 from project import ROOT
 
 
@@ -143,3 +144,34 @@ class RedisServer:
             os.kill(self.proc.pid, signal.SIGCONT)
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+def python_workers():
+    """Spark's Python worker processes under this test process (forks of pyspark.daemon)."""
+    def is_daemon(p):
+        try:
+            return "pyspark.daemon" in " ".join(p.cmdline())
+        except psutil.Error:
+            return False
+    return [p for p in psutil.Process().children(recursive=True)
+            if is_daemon(p) and p.parent() is not None and is_daemon(p.parent())]
+
+
+def busy_python_workers(gap=0.3):
+    """The Python workers that used CPU time over `gap` seconds: those running tasks."""
+    workers = python_workers()
+    before = {}
+    for p in workers:
+        try:
+            before[p.pid] = sum(p.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    time.sleep(gap)
+    busy = []
+    for p in workers:
+        try:
+            if sum(p.cpu_times()[:2]) - before.get(p.pid, 0) > 0.02:
+                busy.append(p)
+        except psutil.Error:
+            pass
+    return busy

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import psutil
 import pytest
-from sparkjobs import local_spark
+from sparkjobs import busy_python_workers, local_spark, python_workers
 
 from spark.allreduce import Mesh, PeerTimeout, pieces
 from spark.allreduce_cnn import AllReduceCNN, SegmentError
@@ -54,37 +54,6 @@ def assert_bit_identical(a, b):
     for name, value in a.params().items():
         assert np.array_equal(value, b.params()[name]), name
         assert np.array_equal(a.velocity[name], b.velocity[name]), name
-
-
-def python_workers():
-    """Spark's Python worker processes under this test process (forks of pyspark.daemon)."""
-    def is_daemon(p):
-        try:
-            return "pyspark.daemon" in " ".join(p.cmdline())
-        except psutil.Error:
-            return False
-    return [p for p in psutil.Process().children(recursive=True)
-            if is_daemon(p) and p.parent() is not None and is_daemon(p.parent())]
-
-
-def busy_python_workers(gap=0.3):
-    """The Python workers that used CPU time over `gap` seconds: those running tasks."""
-    workers = python_workers()
-    before = {}
-    for p in workers:
-        try:
-            before[p.pid] = sum(p.cpu_times()[:2])
-        except psutil.Error:
-            pass
-    time.sleep(gap)
-    busy = []
-    for p in workers:
-        try:
-            if sum(p.cpu_times()[:2]) - before.get(p.pid, 0) > 0.02:
-                busy.append(p)
-        except psutil.Error:
-            pass
-    return busy
 
 
 def test_pieces_cover_the_array_and_differ_by_at_most_one():

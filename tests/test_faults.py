@@ -22,6 +22,7 @@ from sparkjobs import (
     job_env,
     kill_group,
     local_spark,
+    python_workers,
     start_submit,
     submit,
     submit_command,
@@ -63,17 +64,6 @@ def stage_running(sc, group):
 
 def failed_tasks(sc, group):
     return sum(stage.numFailedTasks for stage in group_stages(sc, group) if stage)
-
-
-def python_workers():
-    """Spark's Python worker processes under this test process (forks of pyspark.daemon)."""
-    def is_daemon(p):
-        try:
-            return "pyspark.daemon" in " ".join(p.cmdline())
-        except psutil.Error:
-            return False
-    return [p for p in psutil.Process().children(recursive=True)
-            if is_daemon(p) and p.parent() is not None and is_daemon(p.parent())]
 
 
 def kill_python_workers():

@@ -31,7 +31,6 @@ Anything else (``os.system``, ``builtins.eval``, ...) is refused before it can r
 
 from __future__ import annotations
 
-import operator
 import os
 import re
 import tarfile
@@ -41,7 +40,7 @@ from typing import BinaryIO, Callable
 
 import numpy as np
 
-from .dataset import DataError, Dataset, TooFewImagesError  # noqa: F401 - public here too
+from .dataset import DataError, Dataset, TooFewImagesError, check_limit  # noqa: F401 - public here too
 from .safe_unpickle import Refused, unpickle_dict, unwrap
 
 __all__ = ["Dataset", "load_cifar10"]
@@ -215,19 +214,6 @@ class _Collector:
         return Dataset(images=images, labels=labels, class_names=class_names)
 
 
-def _check_limit(limit: object) -> int | None:
-    if limit is None:
-        return None
-    if isinstance(limit, bool):
-        raise ValueError(f"limit must be a non-negative integer or None, got {limit!r}")
-    try:
-        value = operator.index(limit)
-    except TypeError:
-        raise ValueError(f"limit must be a non-negative integer or None, got {limit!r}") from None
-    if value < 0:
-        raise ValueError(f"limit must be a non-negative integer or None, got {limit!r}")
-    return value
-
 
 # --------------------------------------------------------------------------------------
 # The three forms
@@ -366,7 +352,7 @@ def load_cifar10(
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    want = _check_limit(limit)
+    want = check_limit(limit)
     kind, location = _locate(Path(path))
     if kind == "py":
         return _load_py_folder(location, split, want)

@@ -23,7 +23,6 @@ Failures are DataError, one line naming the file.
 """
 from __future__ import annotations
 
-import operator
 import os
 import tarfile
 import zlib
@@ -31,7 +30,7 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
-from .dataset import DataError, Dataset, TooFewImagesError
+from .dataset import DataError, Dataset, TooFewImagesError, check_limit
 from .safe_unpickle import Refused, unpickle_dict, unwrap
 
 __all__ = ["load_cifar100"]
@@ -64,7 +63,7 @@ def load_cifar100(path, split: str = "train", limit=None, labels: str = "fine") 
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if labels not in _COUNTS:
         raise DataError(f"--labels must be 'fine' or 'coarse' for CIFAR-100, got {labels!r}")
-    want = _check_limit(limit)
+    want = check_limit(limit)
     text = os.fspath(path)
     kind, location = _locate(text)
     if kind == "folder":
@@ -80,17 +79,6 @@ def load_cifar100(path, split: str = "train", limit=None, labels: str = "fine") 
         return _assemble(read, split, want, labels, location)
     return _from_archive(location, split, want, labels)
 
-
-def _check_limit(limit):
-    if limit is None:
-        return None
-    try:
-        value = operator.index(limit)
-    except TypeError:
-        value = -1
-    if isinstance(limit, bool) or value < 0:
-        raise ValueError(f"limit must be a non-negative integer or None, got {limit!r}")
-    return value
 
 
 def _locate(text: str) -> tuple[str, str]:

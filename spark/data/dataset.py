@@ -9,6 +9,7 @@ name their classes by folder or string label.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,3 +46,17 @@ class Dataset:
     def image_shape(self) -> tuple[int, int, int]:
         """(H, W, C) of every image."""
         return tuple(int(s) for s in self.images.shape[1:])
+
+
+def check_limit(limit):
+    """A loader's `limit` (how many images, None for all) -> an int or None; ValueError
+    for anything but a whole number of at least 0."""
+    if limit is None:
+        return None
+    try:
+        value = operator.index(limit)
+    except TypeError:
+        value = -1
+    if isinstance(limit, bool) or value < 0:
+        raise ValueError(f"limit must be a non-negative integer or None, got {limit!r}")
+    return value

@@ -81,7 +81,6 @@ import errno
 import hashlib
 import json
 import multiprocessing
-import operator
 import os
 import stat
 import sys
@@ -91,7 +90,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .dataset import DataError, Dataset, TooFewImagesError
+from .dataset import DataError, Dataset, TooFewImagesError, check_limit
 from .images import IMAGE_SUFFIXES, decode_image, fit_image
 from .source import DataOptions
 
@@ -144,7 +143,7 @@ def load_folder(path, split: str = "train", limit=None, options=None) -> Dataset
     options = options or DataOptions()
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    want = _check_limit(limit)
+    want = check_limit(limit)
     _check_fraction(options.test_fraction)
     root = os.fspath(path)
     items, labels, class_names, tree = _plan(root, split, options)
@@ -159,17 +158,6 @@ def load_folder(path, split: str = "train", limit=None, options=None) -> Dataset
 
 
 # ----------------------------------------------------------------------------- arguments
-
-def _check_limit(limit):
-    if limit is None:
-        return None
-    try:
-        value = operator.index(limit)
-    except TypeError:
-        value = -1
-    if isinstance(limit, bool) or value < 0:
-        raise ValueError(f"limit must be a non-negative integer or None, got {limit!r}")
-    return value
 
 
 def _check_fraction(fraction):

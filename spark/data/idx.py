@@ -26,13 +26,12 @@ length are checked; failures are DataError, one line naming the file.
 from __future__ import annotations
 
 import gzip
-import operator
 import os
 import zlib
 
 import numpy as np
 
-from .dataset import DataError, Dataset, TooFewImagesError
+from .dataset import DataError, Dataset, TooFewImagesError, check_limit
 
 __all__ = ["load_idx"]
 
@@ -52,7 +51,7 @@ def load_idx(path, split: str = "train", limit=None) -> Dataset:
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    want = _check_limit(limit)
+    want = check_limit(limit)
     text = os.fspath(path)
     folder = (os.path.dirname(text) or ".") if os.path.isfile(text) else text
     if not os.path.isdir(folder):
@@ -75,17 +74,6 @@ def load_idx(path, split: str = "train", limit=None) -> Dataset:
     take = len(images) if want is None else want
     return Dataset(images[:take, :, :, None].copy(), labels[:take].astype(np.int64), names)
 
-
-def _check_limit(limit):
-    if limit is None:
-        return None
-    try:
-        value = operator.index(limit)
-    except TypeError:
-        value = -1
-    if isinstance(limit, bool) or value < 0:
-        raise ValueError(f"limit must be a non-negative integer or None, got {limit!r}")
-    return value
 
 
 def _find(folder: str, prefix: str, kind: str, dims: int) -> str:

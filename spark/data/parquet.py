@@ -53,11 +53,10 @@ DataErrors naming the file, column or row.
 from __future__ import annotations
 
 import json
-import operator
 
 import numpy as np
 
-from .dataset import DataError, Dataset, TooFewImagesError
+from .dataset import DataError, Dataset, TooFewImagesError, check_limit
 from .locations import Files, locate
 from .parquet_decode import (
     PILLOW_ERRORS,
@@ -86,7 +85,7 @@ def load_parquet(path, split: str = "train", limit=None, options=None) -> Datase
     from .source import DataOptions
 
     options = options or DataOptions()
-    want = _check_limit(limit)
+    want = check_limit(limit)
     files, root = locate(path, options)
     splits = find_splits(files, root)
     if split not in splits:
@@ -166,17 +165,6 @@ def _no_split(files: Files, root: str, split: str, splits: dict) -> str:
 def _has_split_names(files: Files, root: str) -> bool:
     return any(name.startswith(("train", "test")) for name, _ in files.list(root))
 
-
-def _check_limit(limit):
-    if limit is None:
-        return None
-    try:
-        value = operator.index(limit)
-    except TypeError:
-        value = -1
-    if isinstance(limit, bool) or value < 0:
-        raise ValueError(f"limit must be a non-negative integer or None, got {limit!r}")
-    return value
 
 
 def _check_size(options) -> tuple[int, int] | None:

@@ -92,7 +92,7 @@ import numpy as np
 
 from .dataset import DataError, Dataset, TooFewImagesError, check_limit
 from .images import IMAGE_SUFFIXES, decode_image, fit_image
-from .source import DataOptions
+from .options import DataOptions
 
 __all__ = ["load_folder", "default_cache_dir"]
 

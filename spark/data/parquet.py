@@ -58,6 +58,7 @@ import numpy as np
 
 from .dataset import DataError, Dataset, TooFewImagesError, check_limit
 from .locations import Files, locate
+from .options import DataOptions
 from .parquet_decode import (
     PILLOW_ERRORS,
     Layout,
@@ -82,8 +83,6 @@ _MAX_SIZES_SHOWN = 4
 def load_parquet(path, split: str = "train", limit=None, options=None) -> Dataset:
     """The first `limit` images (all if None) of `split` ("train" or "test") of the Parquet
     source at `path`, as `options` (a DataOptions) say; see the module docstring."""
-    from .source import DataOptions
-
     options = options or DataOptions()
     want = check_limit(limit)
     files, root = locate(path, options)

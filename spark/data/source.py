@@ -22,30 +22,14 @@ DataError: one line naming the file, folder or column.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from .dataset import DataError, Dataset
+from .options import DataOptions
+
+__all__ = ["FORMATS", "DataOptions", "detect_format", "load_dataset"]
 
 FORMATS = ("cifar10", "cifar100", "mnist", "folder", "parquet")
 REMOTE = ("hdfs://", "webhdfs://")
-
-
-@dataclass(frozen=True)
-class DataOptions:
-    """How to read a source (the command line's data flags and the service settings)."""
-
-    format: str | None = None          # one of FORMATS; None: detect
-    image_column: str | None = None    # parquet: the image column (None: see parquet.py)
-    label_column: str | None = None    # parquet: the label column (None: see parquet.py)
-    labels: str = "fine"               # cifar100: fine or coarse
-    test_fraction: float | None = None  # folder, one tree: the held-out test share
-    image_size: tuple | None = None    # (H, W): resize every image to it ...
-    crop: bool = False                 # ... or center-crop to it
-    seed: int = 0                      # the held-out split's seed
-    cache_dir: str | None = None       # decoded-image cache (None: the default; "": none)
-    webhdfs: str = ""                  # parquet on HDFS: the NameNode's WebHDFS address
-    hdfs_user: str = ""
-    timeout: float = 30.0              # SPARK_CNN_IO_TIMEOUT
 
 
 def detect_format(path) -> str:

@@ -14,11 +14,11 @@ import json
 import os
 import re
 import socket
-import tempfile
 import time
 
 import numpy as np
 
+from .atomic import fsynced, host_tag, replacing
 from .processes import process_gone
 
 FORMAT = "spark-cnn-checkpoint/1"
@@ -38,27 +38,15 @@ class CheckpointInUse(RuntimeError):
     """Another live run holds the checkpoint."""
 
 
-def _host():
-    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:64]
-
-
 def save_checkpoint(path, arrays, meta):
     """Atomically write `arrays` (name -> ndarray) and `meta` (JSON-ready dict) to `path`."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     payload = {f"a/{name}": np.ascontiguousarray(a) for name, a in arrays.items()}
     payload["meta"] = np.array(json.dumps(dict(meta, format=FORMAT), sort_keys=True))
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-{_host()}-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **payload)
+        fsynced(f)
 
 
 def remove_stale_temporaries(folder, now=None):
@@ -74,7 +62,7 @@ def remove_stale_temporaries(folder, now=None):
         names = os.listdir(folder)
     except (FileNotFoundError, NotADirectoryError):
         return removed
-    host = _host()
+    host = host_tag()
     for name in names:
         match = _TMP_NAME.match(name)
         if not match:

@@ -36,6 +36,8 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
+from .atomic import fsynced, replacing
+
 __all__ = ["Native", "load"]
 
 _log = logging.getLogger(__name__)
@@ -123,29 +125,17 @@ def _extract(data, basename):
     for root in _cache_roots():
         directory = os.path.join(root, digest)
         target = os.path.join(directory, basename)
-        tmp = None
         try:
             if os.path.isfile(target) and _file_sha256(target) == digest:
                 return target
             os.makedirs(directory, mode=0o700, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".so",
-                                       dir=directory)
-            with os.fdopen(fd, "wb") as f:
+            with replacing(target) as tmp, open(tmp, "wb") as f:  # racing workers write equal bytes
                 f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o755)
-            os.replace(tmp, target)  # atomic: racing workers write equal bytes
-            tmp = None
+                fsynced(f)
+                os.chmod(tmp, 0o755)
             return target
         except OSError as exc:
             errors.append(f"{directory}: {exc}")
-        finally:
-            if tmp is not None:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
     raise OSError("cannot write the native extension to any cache directory: "
                   + "; ".join(errors))
 

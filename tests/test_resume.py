@@ -15,6 +15,7 @@ import pytest
 from project import ROOT
 from sparkjobs import run_script
 
+from spark.atomic import host_tag
 from spark.checkpoint import remove_stale_temporaries
 
 
@@ -169,7 +170,7 @@ def dead_pid():
 
 
 def test_stale_temporary_files_are_removed_live_ones_kept(tmp_path):
-    host = __import__("spark.checkpoint", fromlist=["_host"])._host()
+    host = host_tag()
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         names = {
@@ -199,7 +200,7 @@ def test_stale_temporary_files_are_removed_live_ones_kept(tmp_path):
 def test_a_run_removes_what_a_killed_saver_left(synthetic_dir, tmp_path):
     params = tmp_path / "params"
     params.mkdir()
-    host = __import__("spark.checkpoint", fromlist=["_host"])._host()
+    host = host_tag()
     leftover = params / f".tmp-{dead_pid()}-{host}-zz9.npz"
     leftover.write_bytes(b"PK\x03\x04 half a checkpoint")
     result = run_script("naive_train.py", 20, 1, "--data-dir", synthetic_dir,

@@ -41,6 +41,7 @@ import sys
 
 import numpy as np
 
+from ..atomic import replacing
 from .dataset import DataError
 from .images import parse_image_size
 from .source import FORMATS, DataOptions, load_dataset
@@ -74,10 +75,8 @@ def write_parquet(dataset, dest, split: str = "train", row_group_bytes: int = RO
     per_image = height * width * channels
     rows = max(1, row_group_bytes // max(1, per_image))
     schema = _schema(pa, dataset.class_names, split)
-    tmp = os.path.join(os.path.dirname(dest) or ".",
-                       f".{os.path.basename(dest)}.tmp-{os.getpid()}")
     count = len(dataset)
-    try:
+    with replacing(dest) as tmp:
         with pq.ParquetWriter(tmp, schema, use_dictionary=["height", "width", "channels",
                                                            "label"],
                               write_statistics=["height", "width", "channels", "label"]) as out:
@@ -97,11 +96,6 @@ def write_parquet(dataset, dest, split: str = "train", row_group_bytes: int = RO
                     pa.array(labels),
                 ], schema=schema)
                 out.write_table(table, row_group_size=rows)
-        os.replace(tmp, dest)
-        tmp = None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
     return count
 
 

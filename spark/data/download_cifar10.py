@@ -16,10 +16,11 @@ import http.client
 import os
 import sys
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path, PurePosixPath
+
+from ..atomic import replacing
 
 __all__ = [
     "URL", "MD5", "ARCHIVE_NAME", "DownloadError", "download_cifar10", "safe_extract", "main",
@@ -45,27 +46,20 @@ def _md5_of(path: Path) -> str:
 
 def _fetch(url: str, target: Path, md5: str, timeout: float) -> None:
     """Download ``url`` to a temp file next to ``target``; rename only if the md5 matches."""
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
+    with replacing(target) as tmp, open(tmp, "wb") as out:
         digest = hashlib.md5()
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    for block in iter(lambda: response.read(_CHUNK), b""):
-                        digest.update(block)
-                        out.write(block)
-            except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-                reason = getattr(exc, "reason", None) or exc
-                raise DownloadError(f"could not download {url}: {reason}") from None
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                for block in iter(lambda: response.read(_CHUNK), b""):
+                    digest.update(block)
+                    out.write(block)
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise DownloadError(f"could not download {url}: {reason}") from None
         if digest.hexdigest() != md5:
             raise DownloadError(
                 f"checksum mismatch for {url}: md5 {digest.hexdigest()}, expected {md5}"
             )
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> None:

@@ -84,12 +84,12 @@ import multiprocessing
 import os
 import stat
 import sys
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..atomic import replacing
 from .dataset import DataError, Dataset, TooFewImagesError, check_limit
 from .images import IMAGE_SUFFIXES, decode_image, fit_image
 from .options import DataOptions
@@ -544,22 +544,11 @@ def _read_cache(path, labels, class_names):
 
 
 def _write_cache(path, images, labels, class_names) -> None:
-    folder = os.path.dirname(path)
-    tmp = None
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-        with os.fdopen(fd, "wb") as f:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with replacing(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, images=images, labels=labels[:len(images)],
                      class_names=np.array(class_names, dtype=str))
-        os.replace(tmp, path)
-        tmp = None
     except OSError as e:
         print(f"note: cannot write the image cache {path} ({e.strerror or e}); "
               "set --cache-dir or SPARK_CNN_CACHE_DIR", file=sys.stderr)
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass

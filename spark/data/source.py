@@ -63,16 +63,21 @@ def detect_format(path) -> str:
         return "cifar100"
     if any("idx3-ubyte" in e for e in entries):
         return "mnist"
-    if any(e.endswith(".parquet") for e in entries) or any(
+    if any(_is_parquet_name(e) for e in entries) or any(
             _holds_parquet(os.path.join(text, split)) for split in ("train", "test")):
         return "parquet"
     return "folder"
 
 
+def _is_parquet_name(name: str) -> bool:
+    """A Parquet file's name, not a hidden one (a writer's temporary file, Spark's _SUCCESS)."""
+    return name.endswith(".parquet") and not name.startswith((".", "_"))
+
+
 def _holds_parquet(folder: str) -> bool:
     """Whether `folder` is a folder with .parquet files in it (a split of a Parquet source)."""
     try:
-        return any(name.endswith(".parquet") for name in os.listdir(folder))
+        return any(_is_parquet_name(name) for name in os.listdir(folder))
     except OSError:
         return False
 

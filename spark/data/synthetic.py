@@ -45,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import replacing
+
 __all__ = [
     "CLASS_NAMES", "make_synthetic_cifar10", "make_images", "write_batch", "write_meta", "main",
 ]
@@ -166,14 +168,8 @@ def _write_pickle(path: Path, obj: dict) -> None:
         parts.append(_py2_str(key))
         parts.extend(_py2_value(value))
     parts += [_SETITEMS, _STOP]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.writelines(parts)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        f.writelines(parts)
 
 
 def write_batch(path: str | os.PathLike, data: np.ndarray, labels, batch_label: str,

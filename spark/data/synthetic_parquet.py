@@ -28,12 +28,12 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import replacing
 from .parquet import CLASS_NAMES_KEY
 from .synthetic import make_images
 
@@ -102,9 +102,8 @@ def write_synthetic_parquet(dest, images: int, size=(32, 32), channels: int = 3,
     small = ["height", "width", "channels", "label"]
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     rng = np.random.default_rng(seed)
-    try:
+    with replacing(dest) as tmp:
         # pixels neither compress nor repeat: no compression, dictionary or statistics for them
         with pq.ParquetWriter(tmp, schema, compression={"image": "none", **dict.fromkeys(
                 small, "snappy")}, use_dictionary=small, write_statistics=small) as writer:
@@ -120,10 +119,6 @@ def write_synthetic_parquet(dest, images: int, size=(32, 32), channels: int = 3,
                     "channels": pa.array(np.full(count, channels, np.int32)),
                     "label": pa.array(labels),
                 }, schema=schema), row_group_size=row_group)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return dest
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/services.sh start [--password]|stop|status
+# scripts/services.sh start [--password]|stop|status|dfs ARGS...
 #
 # Runs the two storage back ends spark-cnn exchanges layer matrices through,
 # on this machine only, bound to 127.0.0.1:
@@ -12,6 +12,7 @@
 #   eval "$(scripts/services.sh start --password)"   # the same, Redis with a password
 #   scripts/services.sh status            # exit status 1 if something is down
 #   scripts/services.sh stop
+#   scripts/services.sh dfs -put big.parquet /data/   # Hadoop's `hdfs dfs` on this HDFS
 #
 # Redis password: with SPARK_CNN_REDIS_PASSWORD_FILE set at `start` (a file of
 # mode 0600 holding one line), or with `start --password` (a random password
@@ -369,6 +370,22 @@ cmd_status() {
     return "$bad"
 }
 
+# cmd_dfs ARGS...: Hadoop's own file system shell (`hdfs dfs`) against this
+# HDFS, as SPARK_CNN_HDFS_USER, e.g. `dfs -put big.parquet /data/`; its exit status.
+cmd_dfs() {
+    (( $# )) || die "usage: $0 dfs -put LOCAL HDFS_PATH | -ls PATH | ... (Hadoop's FsShell)"
+    [ -f "$HDFS_CONF/core-site.xml" ] && pid_alive "$NN_PID" "$NN_CLASS" \
+        || die "HDFS is not running here: run '$0 start' first"
+    local quiet=$HDFS_CONF/log4j-shell.properties cmd
+    printf '%s\n' "log4j.rootLogger=WARN,console" "log4j.appender.console=org.apache.log4j.ConsoleAppender" \
+        "log4j.appender.console.target=System.err" "log4j.appender.console.layout=org.apache.log4j.PatternLayout" \
+        "log4j.appender.console.layout.ConversionPattern=%p %c{2}: %m%n" \
+        "log4j.logger.org.apache.hadoop.util.NativeCodeLoader=ERROR" >"$quiet"
+    mapfile -d '' cmd < <(hdfs_java_command 256m "$HDFS_CONF" "$HDFS_DIR")
+    HADOOP_USER_NAME=$HDFS_USER "${cmd[@]}" -Dlog4j.configuration="file:$quiet" \
+        org.apache.hadoop.fs.FsShell "$@" </dev/null
+}
+
 # one start/stop at a time per runtime folder (e.g. two test sessions at once)
 lock() {
     command -v flock >/dev/null 2>&1 || return 0
@@ -380,5 +397,6 @@ case "${1:-}" in
     start) lock; shift; cmd_start "$@" ;;
     stop) lock; cmd_stop ;;
     status) cmd_status ;;
-    *) echo "usage: $0 start [--password]|stop|status" >&2; exit 2 ;;
+    dfs) shift; cmd_dfs "$@" ;;
+    *) echo "usage: $0 start [--password]|stop|status|dfs ARGS..." >&2; exit 2 ;;
 esac

@@ -137,6 +137,23 @@ def test_hdfs_root_belongs_to_the_hdfs_user_and_others_are_denied(second):
     owner.delete("/owned/mine")
 
 
+def test_dfs_puts_a_file_as_the_hdfs_user(second, tmp_path):
+    """`services.sh dfs` is Hadoop's file system shell on these services, as the HDFS user."""
+    local = tmp_path / "block.bin"
+    local.write_bytes(os.urandom(5000))
+    proc = run(second["runtime"], "dfs", "-put", "-f", str(local), "/owned/block.bin")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    owner = InsecureClient(second["env"]["SPARK_CNN_WEBHDFS"], user=OWNER, timeout=30)
+    assert owner.status("/owned/block.bin")["owner"] == OWNER
+    with owner.read("/owned/block.bin") as reader:
+        assert reader.read() == local.read_bytes()
+    owner.delete("/owned/block.bin")
+    missing = run(second["runtime"], "dfs", "-ls", "/owned/none")
+    assert missing.returncode != 0 and "No such file" in missing.stderr
+    nothing = run(tmp_path / "no-runtime", "dfs", "-ls", "/")
+    assert nothing.returncode == 1 and "not running" in nothing.stderr, nothing.stderr
+
+
 def test_start_password_generates_one(second):
     runtime = second["runtime"]
     # a running Redis keeps its password: another one needs a stop first

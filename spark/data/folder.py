@@ -154,7 +154,7 @@ def load_folder(path, split: str = "train", limit=None, options=None) -> Dataset
     need = len(items) if want is None else want
     images = _load_arrays(split, items, labels, need, class_names, options)
     return Dataset(images, labels[:need].copy(), list(class_names),
-                   ids=[os.path.relpath(path, root) for path, _ in items[:need]])
+                   ids=[f.rel for _, f in items[:need]])       # paths under root
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -333,13 +333,12 @@ def _walk(folder: str, rel: str, ancestors: dict, info, files: list, tree: _Tree
         raise DataError(f"{folder}: a symlink loop (it leads back to {ancestors[key]})")
     ancestors = {**ancestors, key: folder}
     for entry in _list_folder(folder, folder):
-        path = os.path.join(folder, entry.name)
         if entry.name.startswith("."):
             tree.hidden += 1
             continue
-        child = _stat(path)
+        child = _stat(entry.path)
         if stat.S_ISDIR(child.st_mode):
-            _walk(path, f"{rel}/{entry.name}", ancestors, child, files, tree)
+            _walk(entry.path, f"{rel}/{entry.name}", ancestors, child, files, tree)
         elif stat.S_ISREG(child.st_mode) and entry.name.lower().endswith(IMAGE_SUFFIXES):
             files.append(_File(f"{rel}/{entry.name}", child.st_size, child.st_mtime_ns))
         else:

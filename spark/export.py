@@ -32,7 +32,7 @@ arch, input_shape (JSON [H, W, C]), input ("uint8 NHWC ..."), input_stats
 (JSON, when the checkpoint has them), network_dtype.
 
 onnx is an optional extra (`pip install spark-cnn[onnx]`): it is imported
-only when a model is built, and nothing else in the project imports it.
+only when a model is built, and nothing else in the package imports it.
 """
 import argparse
 import contextlib

@@ -138,6 +138,23 @@ def test_allreduce_equals_the_local_trainer_with_the_training_recipe(sc, synthet
     net.close()
 
 
+def test_allreduce_equals_the_local_trainer_for_a_two_block_stack(sc, synthetic_train):
+    """--arch with two conv-ReLU-pool blocks: the same losses and parameters over 2 tasks."""
+    images, labels = synthetic_train.images[:200], synthetic_train.labels[:200]
+    run = recipe(arch="conv8-relu-pool-conv16-relu-pool-fc10")
+    local, expected = local_run(images, labels, run, 5)
+    assert [type(layer).__name__ for layer in local.layers] == [
+        "ConvReluPool", "ConvReluPool", "FullyConnected"]
+    net = AllReduceCNN(sc=sc, settings=settings(), batches=2, **run.network_options(),
+                       chunk=16)
+    rows = net.train_segment(images, labels, run, 5)
+    np.testing.assert_allclose([r["loss"] for r in rows], [r["loss"] for r in expected],
+                               rtol=1e-5)
+    for name, p in local.params().items():
+        assert relative_difference(net.params()[name], p) <= 1e-4, name
+    net.close()
+
+
 def test_where_segments_end_changes_no_bit(sc, synthetic_train):
     """One segment of 6, three of 2, and segments cut by time: the same bits."""
     images, labels = synthetic_train.images[:200], synthetic_train.labels[:200]

@@ -69,7 +69,8 @@ class Coordinator:
                     elif kind == "rows" and self.on_row is not None:
                         for row in body["rows"]:
                             self.on_row(row)
-                    elif kind == "beat" and body.get("progress") and self.on_progress is not None:
+                    elif (kind == "beat" and rank == 0 and body.get("progress")
+                          and self.on_progress is not None):      # rank 0 speaks for all
                         self.on_progress(*body["progress"])
                 self._watch(hello, seen, started)
         finally:

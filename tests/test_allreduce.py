@@ -239,9 +239,12 @@ def test_rows_arrive_while_the_segment_runs(sc, synthetic_train):
 
 def test_a_long_iteration_shows_progress_while_it_runs(sc, synthetic_train):
     """Rank 0's beats carry how far it is: the driver's progress counter moves
-    inside an iteration, before its row arrives."""
+    inside an iteration, before its row arrives. Beats come once a second, so the
+    iterations are made to take longer than that: two 3x3 convolutions of 32
+    filters over 1,000 images a task."""
     images, labels = synthetic_train.images, synthetic_train.labels
-    run = recipe(images=2000, minibatch=None)                       # full batch: 2 x 1000 images
+    run = recipe(images=2000, minibatch=None,                       # full batch: 2 x 1000 images
+                 arch="conv32-relu-conv32-relu-pool-fc10")
     net = AllReduceCNN(sc=sc, settings=settings(), batches=2, **run.network_options(), chunk=8)
     seen = []
 
@@ -254,11 +257,14 @@ def test_a_long_iteration_shows_progress_while_it_runs(sc, synthetic_train):
             seen.append((self.iteration, self.done, time.monotonic()))
 
     rows = {}
-    net.train_segment(images, labels, run, 4, progress=Recorder,
+    net.train_segment(images, labels, run, 3, progress=Recorder,
                       on_row=lambda row: rows.setdefault(row["iteration"], time.monotonic()))
     inside = [(i, done) for i, done, when in seen
               if 0 < done < 2000 and when < rows.get(i + 1, float("inf"))]
     assert inside, seen
+    for i in {i for i, _, _ in seen}:                 # one task's counter: it only goes up
+        done = [d for j, d, _ in seen if j == i]
+        assert done == sorted(done), (i, done)
     net.close()
 
 

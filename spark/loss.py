@@ -5,6 +5,12 @@ Pure math: no I/O, no timing.
 import numpy as np
 
 
+def softmax(scores):
+    """(N, K) class scores -> (N, K) probabilities, each row summing to 1."""
+    shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
 def softmax_loss(scores, labels, normalizer=None, smoothing=0.0):
     """Summed-then-normalised softmax cross-entropy and its gradient.
 

@@ -57,6 +57,7 @@ from pyspark.ml.util import (
 
 from .config import RunConfig
 from .data.dataset import DataError, Dataset
+from .loss import softmax
 
 MODEL_FORMAT = "spark-cnn-model/1"
 CHECKPOINT_FILE = "checkpoint.npz"
@@ -441,12 +442,6 @@ class CNNModel(Model, _CNNParams, MLReadable, MLWritable):
     @classmethod
     def read(cls):
         return _ModelReader(cls)
-
-
-def softmax(scores):
-    """(n, K) -> (n, K) probabilities."""
-    shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def predict_scores(model_bc, key, images, expected):

@@ -21,7 +21,9 @@ import time
 
 import numpy as np
 
-PARTITION_IMAGES = 4096      # images per task: enough that a task's start is small beside it
+# Images per task at most: a task costs about 0.1 s to start beside 0.09 s per 1,000
+# images, so 50,000 images on 2 cores run as 2 tasks (6.1 s against 8.3 s as 13).
+PARTITION_IMAGES = 25000
 
 
 def output_schema():
@@ -47,7 +49,7 @@ def predict_batches(spec, data_bc, params_bc, names, batches):
     Runs in the executors: the network is built once per worker and model."""
     import pyarrow as pa
 
-    from .ml import softmax
+    from .loss import softmax
     from .tasks import _network
     net = _network(spec, params_bc.value)
     images, labels, ids = data_bc.value

@@ -8,9 +8,15 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/install.sh
+# Spark's scratch folders (blockmgr-*, spark-*) in one folder removed at the end:
+# the drivers that the fault tests kill with SIGKILL cannot remove their own.
+local_dirs=$(mktemp -d "${TMPDIR:-/tmp}/spark-cnn-tests.XXXXXX")
+export SPARK_LOCAL_DIRS=$local_dirs
+cleanup='rm -rf "$local_dirs"'
 if ! bash scripts/services.sh status >/dev/null 2>&1; then
-    trap 'bash scripts/services.sh stop >/dev/null 2>&1 || true' EXIT
+    cleanup="bash scripts/services.sh stop >/dev/null 2>&1 || true; $cleanup"
 fi
+trap "$cleanup" EXIT
 eval "$(bash scripts/services.sh start)"
 export SPARK_LOCAL_IP=${SPARK_LOCAL_IP:-127.0.0.1}   # Spark on loopback only
 export SPARK_CONF_DIR=${SPARK_CONF_DIR:-$PWD/conf}    # conf/log4j2.properties

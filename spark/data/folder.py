@@ -213,7 +213,8 @@ def _plan(root: str, split: str, options):
     index = {name: k for k, name in enumerate(class_names)}
     order = _interleave([chosen[name] for name in sorted(chosen)],
                         [index[name] for name in sorted(chosen)])
-    items = [(os.path.join(root, f.rel), f) for f, _ in order]
+    base = os.path.join(root, "")                 # root/: one join, not one per image
+    items = [(base + f.rel, f) for f, _ in order]
     labels = np.fromiter((k for _, k in order), dtype=np.int64, count=len(order))
     return items, labels, class_names, tree
 
